@@ -1,0 +1,35 @@
+# One command to set up and run the main demo, one to set up and run the tests.
+PYTHON ?= python3
+PIP = $(PYTHON) -m pip
+OUT ?= out
+
+.PHONY: setup system-deps demo test bench lint clean
+
+# The Debian graphviz package provides the `dot` binary the renderer calls.
+system-deps:
+	@if command -v dot >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		(apt-get update -qq && apt-get install -y -qq graphviz >/dev/null) || \
+		echo "warning: apt-get install graphviz failed; graph rendering will write .dot files only"; \
+	else \
+		echo "note: the 'dot' binary is missing; install Graphviz (sudo apt-get install graphviz," \
+		     "or brew install graphviz) to render graphs as SVG/PNG"; \
+	fi
+
+setup: system-deps
+	$(PIP) install -q -e ".[demo,test,bench,dev]"
+
+demo: setup
+	$(PYTHON) -m tinygrad_bn demo --out $(OUT)
+
+test: setup
+	$(PYTHON) -m pytest -q
+
+bench: setup
+	$(PYTHON) benchmarks/run_all.py
+
+lint:
+	$(PYTHON) -m ruff check tinygrad_bn tests demos benchmarks
+
+clean:
+	rm -rf $(OUT) build *.egg-info .pytest_cache

@@ -1,0 +1,189 @@
+"""The reverse-mode engine: graph records, grad mode, the graph walk and the backward pass.
+
+Works on any object with ``data``, ``requires_grad``, ``grad``, ``_ctx`` and ``_retains_grad``
+(the ``Tensor``); it never imports ``tensor.py``. A ``Node`` points to its inputs only, never to
+its output, so a graph is freed by reference counting as soon as its output is unreachable.
+"""
+import numpy as np
+
+
+class Node:
+    """How a tensor was made: the primitive, its input tensors, its attributes, and the modules
+    (outermost first) whose forward was running, so the renderer can group nodes by layer."""
+
+    __slots__ = ("op", "inputs", "attrs", "scope")
+
+    def __init__(self, op, inputs, attrs, scope=()):
+        self.op, self.inputs, self.attrs, self.scope = op, inputs, attrs, scope
+
+
+# Marks a tensor whose graph backward() has already released (PyTorch's retain_graph=False).
+FREED = Node(None, (), {})
+
+
+class _GradMode:
+    enabled = True
+    scope = ()  # the modules whose forward is running, outermost first
+
+
+class module_scope:
+    """``with module_scope(module):`` tags the nodes recorded inside with ``module``."""
+
+    def __init__(self, module):
+        self.module = module
+
+    def __enter__(self):
+        self._prev = _GradMode.scope
+        _GradMode.scope = self._prev + (self.module,)
+
+    def __exit__(self, *exc):
+        _GradMode.scope = self._prev
+        return False
+
+
+def is_grad_enabled():
+    """Whether new operations are recorded in the graph."""
+    return _GradMode.enabled
+
+
+class _SetGradMode:
+    """Context manager and decorator that sets grad mode and restores the previous one."""
+
+    mode = True
+
+    def __enter__(self):
+        self._prev = _GradMode.enabled
+        _GradMode.enabled = self.mode
+        return self
+
+    def __exit__(self, *exc):
+        _GradMode.enabled = self._prev
+        return False
+
+    def __call__(self, fn):
+        def wrapper(*args, **kwargs):
+            with type(self)():
+                return fn(*args, **kwargs)
+        wrapper.__name__, wrapper.__doc__ = fn.__name__, fn.__doc__
+        return wrapper
+
+
+class no_grad(_SetGradMode):
+    """Inside ``with no_grad():`` (or a function decorated with it) no graph is recorded."""
+
+    mode = False
+
+
+class enable_grad(_SetGradMode):
+    """Turns recording back on inside a ``no_grad`` block."""
+
+    mode = True
+
+
+def record(op, inputs, attrs):
+    """The one place graph nodes are made: a Node if grad mode is on and an input needs a gradient."""
+    if _GradMode.enabled:
+        for t in inputs:
+            if t.requires_grad:
+                return Node(op, inputs, attrs, _GradMode.scope)
+    return None
+
+
+def toposort(root, grad_only=True):
+    """Tensors of the graph that made ``root``, every input before the tensors made from it.
+
+    Iterative depth-first search with an explicit stack, so graph depth is limited by memory,
+    not by Python's recursion limit. ``grad_only`` skips inputs that need no gradient (the
+    backward pass); the renderer walks everything.
+    """
+    order, visited = [], set()
+    stack = [(root, False)]
+    push, pop = stack.append, stack.pop
+    while stack:
+        t, expanded = pop()
+        if expanded:
+            order.append(t)
+            continue
+        if t in visited:
+            continue
+        visited.add(t)
+        push((t, True))
+        ctx = t._ctx
+        if ctx is not None:
+            for p in ctx.inputs:
+                if p not in visited and (p.requires_grad or not grad_only):
+                    push((p, False))
+    return order
+
+
+def unbroadcast(g, shape, op_name):
+    """Sum ``g`` over the axes numpy broadcasting added, so it has ``shape`` again."""
+    if g.shape == shape:
+        return g
+    extra = g.ndim - len(shape)
+    if extra >= 0:
+        axes = tuple(range(extra)) + tuple(
+            i + extra for i, n in enumerate(shape) if n == 1 and g.shape[i + extra] != 1)
+        g = g.sum(axis=axes, keepdims=True).reshape(shape) if axes else g.reshape(shape)
+    if g.shape != shape:
+        raise RuntimeError(f"backward of '{op_name}' produced a gradient of shape {g.shape} "
+                           f"for an input of shape {shape}")
+    return g
+
+
+def backward(root, grad, retain_graph=False):
+    """Reverse-mode pass from ``root`` with upstream gradient ``grad`` (an array of root's shape).
+
+    Gradients of intermediates live in a local dict and are dropped once used; leaf gradients
+    (and those of tensors that called ``retain_grad()``) are accumulated into ``.grad`` as new
+    arrays. Unless ``retain_graph``, each node's record is released as soon as its derivative
+    has run, so saved arrays are freed during the pass rather than after it.
+    """
+    order = toposort(root)
+    grads = {root: grad}
+    handed_out = set()  # arrays stored in some .grad during this pass: never store one twice
+    while order:
+        t = order.pop()
+        g = grads.pop(t, None)
+        if g is None:
+            continue
+        ctx = t._ctx
+        if ctx is FREED:
+            raise RuntimeError(
+                "backward through a graph whose saved values were already freed by an earlier "
+                "backward(); call backward(retain_graph=True) the first time if you need a "
+                "second pass")
+        if ctx is None or t._retains_grad:
+            _accumulate(t, g, handed_out)
+        if ctx is None:
+            continue
+        arrays = [p.data for p in ctx.inputs]
+        out = t.data
+        for p, vjp in zip(ctx.inputs, ctx.op.vjps):
+            if not p.requires_grad:
+                continue
+            pg = vjp(g, out, *arrays, **ctx.attrs)
+            pdata = p.data
+            if pg.shape != pdata.shape:
+                pg = unbroadcast(pg, pdata.shape, ctx.op.name)
+            if pg.dtype != pdata.dtype:
+                pg = pg.astype(pdata.dtype)
+            prev = grads.get(p)
+            grads[p] = pg if prev is None else prev + pg
+        if not retain_graph:
+            t._ctx = FREED
+
+
+def _accumulate(t, g, handed_out):
+    """Add ``g`` into ``t.grad``, always as an array no other tensor or caller holds."""
+    if t.grad is not None:
+        arr = t.grad.data + g
+    elif (type(g) is np.ndarray and g.base is None and g.flags.writeable
+          and id(g) not in handed_out):
+        arr = g  # a fresh result of a derivative rule: take it without copying
+    else:
+        arr = np.array(g, dtype=t.data.dtype)
+    if arr.dtype != t.data.dtype:
+        arr = arr.astype(t.data.dtype)
+    handed_out.add(id(arr))
+    t.grad = t._wrap(arr)  # always a plain Tensor, also for a Parameter

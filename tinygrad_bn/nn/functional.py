@@ -1,0 +1,145 @@
+"""Functional forms of the layers and losses, composed from Tensor primitives (no derivatives here).
+
+``batch_norm`` is the one place the batch-normalization formula is written.
+"""
+import numpy as np
+
+from ..autograd import no_grad
+from ..tensor import Tensor
+
+
+def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, training=False,
+               momentum=0.1, eps=1e-5):
+    """Batch normalization (Ioffe & Szegedy 2015, Algorithm 1), per feature (axis 1).
+
+    mu = mean_B(x),  sigma2 = mean_B((x - mu)**2)  (biased),  x_hat = (x - mu) / sqrt(sigma2 + eps),
+    y = weight * x_hat + bias.  B is the batch axis (and the length axis of (N, C, L) input).
+
+    In training the batch statistics are used and, if given, ``running_mean``/``running_var`` are
+    updated in place of their data (no graph): new = (1 - momentum) * old + momentum * batch, with
+    the unbiased batch variance sigma2 * m / (m - 1), as PyTorch does. Outside training the running
+    statistics normalize instead. Every step is a recorded primitive, so the gradients through
+    mu and sigma2 come from the chain rule, not from a formula written here.
+    """
+    if x.ndim not in (2, 3):
+        raise ValueError(f"batch_norm expects input of shape (N, C) or (N, C, L), got {x.shape}")
+    axes = (0,) if x.ndim == 2 else (0, 2)
+    m = x.shape[0] * (x.shape[2] if x.ndim == 3 else 1)
+    # (C,) vectors broadcast against (N, C) as they are; against (N, C, L) they need (1, C, 1).
+    per_feature = (lambda t: t) if x.ndim == 2 else (lambda t: t.reshape(1, x.shape[1], 1))
+
+    if training:
+        if m < 2:
+            raise ValueError(
+                f"batch_norm in training mode got {m} value per feature (input shape {x.shape}). "
+                f"The variance of a single value is 0, so x_hat would be 0 whatever x is, and the "
+                f"unbiased running variance m/(m-1) is undefined. Use eval() mode for single "
+                f"examples, train with larger batches, or drop the last short batch.")
+        mu = _named(x.mean(axis=axes, keepdims=True), "μ_B")
+        centered = _named(x - mu, "x − μ_B")
+        var = _named((centered ** 2).mean(axis=axes, keepdims=True), "σ²_B")
+        if running_mean is not None or running_var is not None:
+            _update_running(running_mean, running_var, mu.data, var.data, m, momentum)
+    else:
+        if running_mean is None or running_var is None:
+            raise ValueError("batch_norm outside training needs running_mean and running_var "
+                             "(or call it with training=True to use the batch's statistics)")
+        centered = _named(x - per_feature(running_mean.detach()), "x − running_mean")
+        var = _named(per_feature(running_var.detach()), "running_var")
+    std = _named(_named(var + eps, "σ²_B + ε").sqrt(), "√(σ²_B + ε)")
+    x_hat = _named(centered / std, "x̂")
+    y = x_hat
+    if weight is not None:
+        y = _named(y * per_feature(weight), "γ·x̂")
+    if bias is not None:
+        y = y + per_feature(bias)
+    return _named(y, "y = γ·x̂ + β" if weight is not None and bias is not None else "y")
+
+
+def _named(t, name):
+    t.name = name
+    return t
+
+
+def _update_running(running_mean, running_var, mu, var, m, momentum):
+    """The exponential moving averages PyTorch keeps: momentum is the weight of the NEW batch."""
+    with no_grad():
+        if running_mean is not None:
+            new = (1 - momentum) * running_mean.data + momentum * mu.reshape(-1)
+            running_mean.data = new.astype(running_mean.dtype, copy=False)
+        if running_var is not None:
+            unbiased = var.reshape(-1) * (m / (m - 1))
+            new = (1 - momentum) * running_var.data + momentum * unbiased
+            running_var.data = new.astype(running_var.dtype, copy=False)
+
+
+def linear(x, weight, bias=None):
+    """y = x @ W.T + b, with W of shape (out_features, in_features) as in PyTorch."""
+    y = x @ weight.T
+    return y if bias is None else y + bias
+
+
+def cross_entropy(logits, targets, reduction="mean"):
+    """-log softmax(logits)[target], averaged over the batch; ``targets`` are class indices."""
+    if logits.ndim != 2:
+        raise ValueError(f"cross_entropy expects logits of shape (N, C), got {logits.shape}")
+    n, c = logits.shape
+    t = np.asarray(targets.data if isinstance(targets, Tensor) else targets)
+    if t.shape != (n,):
+        raise ValueError(f"cross_entropy: targets must have shape ({n},) to match logits "
+                         f"{logits.shape}, got {t.shape}")
+    if t.dtype.kind == "f":
+        if not np.all(t == np.round(t)):
+            raise ValueError("cross_entropy: targets must be integer class indices")
+        t = t.astype(np.intp)
+    elif t.dtype.kind not in "iu":
+        raise TypeError(f"cross_entropy: targets must be integer class indices, got {t.dtype}")
+    bad = (t < 0) | (t >= c)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise ValueError(f"cross_entropy: target {int(t[i])} at index {i} is out of range "
+                         f"for {c} classes (valid: 0..{c - 1})")
+    # A one-hot mask picks log p[target]: multiplying by a constant keeps the backward a product.
+    onehot = np.zeros((n, c), dtype=logits.dtype)
+    onehot[np.arange(n), t] = 1
+    per_example = -(logits.log_softmax(axis=1) * onehot).sum(axis=1)
+    return _reduce(per_example, reduction, "cross_entropy")
+
+
+def mse_loss(input, target, reduction="mean"):
+    """mean((input - target)**2)."""
+    target_shape = target.shape if hasattr(target, "shape") else np.shape(target)
+    if tuple(target_shape) != tuple(input.shape):
+        raise ValueError(f"mse_loss: input shape {input.shape} and target shape "
+                         f"{tuple(target_shape)} differ")
+    return _reduce((input - target) ** 2, reduction, "mse_loss")
+
+
+def _reduce(losses, reduction, name):
+    if reduction == "mean":
+        return losses.mean()
+    if reduction == "sum":
+        return losses.sum()
+    if reduction == "none":
+        return losses
+    raise ValueError(f"{name}: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+
+
+def relu(x):
+    return x.relu()
+
+
+def sigmoid(x):
+    return x.sigmoid()
+
+
+def tanh(x):
+    return x.tanh()
+
+
+def softmax(x, axis=-1):
+    return x.softmax(axis=axis)
+
+
+def log_softmax(x, axis=-1):
+    return x.log_softmax(axis=axis)

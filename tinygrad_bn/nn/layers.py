@@ -1,0 +1,120 @@
+"""Layers: Linear, BatchNorm1d and the activations, with PyTorch's layouts and defaults."""
+import math
+import warnings
+
+import numpy as np
+
+from ..tensor import Tensor
+from . import functional as F
+from .module import Module, Parameter
+
+
+class Linear(Module):
+    """y = x @ W.T + b with W of shape (out_features, in_features).
+
+    Initialized as PyTorch does: W and b uniform in (-1/sqrt(in_features), 1/sqrt(in_features)),
+    drawn from numpy's global generator (``np.random.seed`` makes it repeatable).
+    """
+
+    def __init__(self, in_features, out_features, bias=True, dtype=np.float32):
+        super().__init__()
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        bound = 1 / math.sqrt(in_features) if in_features > 0 else 0.0
+        self.weight = Parameter(np.random.uniform(-bound, bound, (out_features, in_features)),
+                                dtype=dtype)
+        self.bias = Parameter(np.random.uniform(-bound, bound, out_features), dtype=dtype) \
+            if bias else None
+
+    def forward(self, x):
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"Linear({self.in_features}, {self.out_features}) expects input "
+                             f"with {self.in_features} features in the last axis, got shape "
+                             f"{x.shape}")
+        return F.linear(x, self.weight, self.bias)
+
+    def extra_repr(self):
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}")
+
+
+class BatchNorm1d(Module):
+    """Batch normalization over (N, C) or (N, C, L) input (Ioffe & Szegedy 2015).
+
+    weight (gamma) starts at ones, bias (beta) at zeros; running_mean at zeros and running_var
+    at ones are buffers: saved in the state dict, never learned. ``momentum`` is the weight of
+    the NEW batch in the running averages (PyTorch's convention).
+    """
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
+                 track_running_stats=True, dtype=np.float32):
+        super().__init__()
+        if not 0 <= momentum <= 1:
+            raise ValueError(f"BatchNorm1d: momentum must be in [0, 1], got {momentum}")
+        if momentum > 0.5:
+            warnings.warn(
+                f"BatchNorm1d momentum={momentum}: in PyTorch's convention (used here) momentum "
+                f"is the weight of the NEW batch, so the usual value is 0.1. Keras and Flax use "
+                f"0.99 as the weight of the OLD average; that corresponds to momentum=0.01 here.",
+                stacklevel=2)
+        if eps <= 0:
+            raise ValueError(f"BatchNorm1d: eps must be positive, got {eps}")
+        self.num_features, self.eps, self.momentum = int(num_features), eps, momentum
+        self.affine, self.track_running_stats = affine, track_running_stats
+        self.weight = Parameter(np.ones(num_features), dtype=dtype) if affine else None
+        self.bias = Parameter(np.zeros(num_features), dtype=dtype) if affine else None
+        if track_running_stats:
+            self.register_buffer("running_mean", Tensor(np.zeros(num_features), dtype=dtype))
+            self.register_buffer("running_var", Tensor(np.ones(num_features), dtype=dtype))
+            self.register_buffer("num_batches_tracked", Tensor._wrap(np.array(0, np.int64)))
+        else:
+            self.running_mean = self.running_var = None
+
+    def forward(self, x):
+        if x.ndim not in (2, 3) or x.shape[1] != self.num_features:
+            expected = f"(N, {self.num_features}) or (N, {self.num_features}, L)"
+            raise ValueError(f"BatchNorm1d({self.num_features}) expects input of shape "
+                             f"{expected}, got {x.shape}")
+        use_batch_stats = self.training or not self.track_running_stats
+        if self.training and self.track_running_stats:
+            self.num_batches_tracked.data = self.num_batches_tracked.data + 1
+        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                            training=use_batch_stats, momentum=self.momentum, eps=self.eps)
+
+    def extra_repr(self):
+        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
+                f"affine={self.affine}")
+
+
+class ReLU(Module):
+    """max(x, 0)."""
+
+    def forward(self, x):
+        return x.relu()
+
+
+class Sigmoid(Module):
+    """1 / (1 + exp(-x))."""
+
+    def forward(self, x):
+        return x.sigmoid()
+
+
+class Tanh(Module):
+    """tanh(x)."""
+
+    def forward(self, x):
+        return x.tanh()
+
+
+class Identity(Module):
+    """x."""
+
+    def forward(self, x):
+        return x
+
+
+class Flatten(Module):
+    """Collapse every axis after the first: (N, ...) -> (N, -1)."""
+
+    def forward(self, x):
+        return x.reshape(x.shape[0], -1)

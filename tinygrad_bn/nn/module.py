@@ -1,0 +1,219 @@
+"""Module: parameters, buffers, children, train/eval, state dicts; and Sequential."""
+import os
+from collections import OrderedDict
+
+import numpy as np
+
+from ..autograd import module_scope
+from ..tensor import Tensor
+
+
+class Parameter(Tensor):
+    """A Tensor that a Module registers as learnable (requires_grad=True unless told otherwise)."""
+
+    __slots__ = ()
+
+    def __init__(self, data, requires_grad=True, dtype=None):
+        super().__init__(data, requires_grad=requires_grad, dtype=dtype)
+
+    def __repr__(self):
+        return "Parameter containing:\n" + super().__repr__()
+
+
+class Module:
+    """Base class of layers: attributes that are Parameters, buffers or Modules are registered."""
+
+    def __init__(self):
+        object.__setattr__(self, "_parameters", OrderedDict())
+        object.__setattr__(self, "_buffers", OrderedDict())
+        object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "training", True)
+
+    def __setattr__(self, name, value):
+        if "_parameters" not in self.__dict__:
+            raise AttributeError(f"{type(self).__name__}.__init__ must call super().__init__() "
+                                 f"before assigning {name!r}")
+        for table in (self._parameters, self._buffers, self._modules):
+            table.pop(name, None)
+        if isinstance(value, Parameter):
+            self._parameters[name] = value
+        elif isinstance(value, Module):
+            self._modules[name] = value
+        elif name in self.__dict__.get("_buffer_names", ()):
+            self._buffers[name] = value
+        else:
+            object.__setattr__(self, name, value)
+            return
+        self.__dict__.pop(name, None)
+
+    def __getattr__(self, name):
+        # Called only when normal lookup fails: parameters, buffers and children live in tables.
+        for table in ("_parameters", "_buffers", "_modules"):
+            entries = self.__dict__.get(table)
+            if entries is not None and name in entries:
+                return entries[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def register_buffer(self, name, tensor):
+        """State that is saved and loaded but not learned (e.g. running statistics)."""
+        self.__dict__.setdefault("_buffer_names", set()).add(name)
+        setattr(self, name, tensor)
+
+    def forward(self, *args, **kwargs):
+        raise NotImplementedError(f"{type(self).__name__} does not define forward()")
+
+    def __call__(self, *args, **kwargs):
+        with module_scope(self):
+            return self.forward(*args, **kwargs)
+
+    # ---- traversal ----
+    def named_modules(self, prefix=""):
+        """(dotted name, module) for this module and every descendant, depth first."""
+        stack = [(prefix, self)]
+        while stack:
+            name, module = stack.pop()
+            yield name, module
+            children = [(f"{name}.{k}" if name else k, m) for k, m in module._modules.items()]
+            stack.extend(reversed(children))
+
+    def modules(self):
+        return [m for _, m in self.named_modules()]
+
+    def children(self):
+        return list(self._modules.values())
+
+    def named_parameters(self, prefix=""):
+        return [(f"{name}.{k}" if name else k, p)
+                for name, m in self.named_modules(prefix) for k, p in m._parameters.items()
+                if p is not None]
+
+    def parameters(self):
+        return [p for _, p in self.named_parameters()]
+
+    def named_buffers(self, prefix=""):
+        return [(f"{name}.{k}" if name else k, b)
+                for name, m in self.named_modules(prefix) for k, b in m._buffers.items()
+                if b is not None]
+
+    def buffers(self):
+        return [b for _, b in self.named_buffers()]
+
+    # ---- modes and gradients ----
+    def train(self, mode=True):
+        for m in self.modules():
+            object.__setattr__(m, "training", bool(mode))
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def zero_grad(self):
+        """Forget the gradients of every parameter (PyTorch's default: set them to None)."""
+        for p in self.parameters():
+            p.grad = None
+
+    def to(self, dtype):
+        """Convert every floating-point parameter and buffer to ``dtype`` (e.g. np.float64)."""
+        dtype = np.dtype(dtype)
+        for t in self.parameters() + self.buffers():
+            if t.data.dtype.kind == "f":
+                t.data = t.data.astype(dtype)
+                t.grad = None
+        return self
+
+    def double(self):
+        return self.to(np.float64)
+
+    def float(self):
+        return self.to(np.float32)
+
+    # ---- state ----
+    def state_dict(self):
+        """Name → a copy of the array, for parameters and buffers (PyTorch's names and layouts)."""
+        return OrderedDict((name, t.data.copy()) for name, t in self._named_state())
+
+    def _named_state(self):
+        # Module by module, parameters then buffers: the order of PyTorch's state_dict.
+        return [(f"{name}.{k}" if name else k, t)
+                for name, m in self.named_modules()
+                for k, t in list(m._parameters.items()) + list(m._buffers.items())
+                if t is not None]
+
+    def load_state_dict(self, state, strict=True):
+        """Copy arrays (or anything np.asarray accepts, e.g. torch tensors) into this module."""
+        own = OrderedDict(self._named_state())
+        missing = [k for k in own if k not in state]
+        unexpected = [k for k in state if k not in own]
+        if strict and (missing or unexpected):
+            raise KeyError(f"load_state_dict: missing keys {missing}, unexpected keys {unexpected}")
+        arrays = {}
+        for name, t in own.items():
+            if name not in state:
+                continue
+            value = state[name]
+            arr = np.asarray(value.data if isinstance(value, Tensor) else value)
+            if arr.shape != t.data.shape:
+                raise ValueError(f"load_state_dict: {name} has shape {t.data.shape} here but "
+                                 f"{arr.shape} in the state given")
+            arrays[name] = arr
+        # Only after every shape checked: a refused load leaves the module as it was.
+        for name, arr in arrays.items():
+            t = own[name]
+            t.data = np.array(arr, dtype=t.data.dtype)
+        return self
+
+    def save(self, path):
+        """Write the state dict to a ``.npz`` file."""
+        np.savez(path, **self.state_dict())
+
+    def load(self, path):
+        """Read a state dict written by ``save`` (shapes must match this module)."""
+        if not os.path.exists(path) and os.path.exists(f"{path}.npz"):
+            path = f"{path}.npz"  # np.savez added the suffix
+        with np.load(path) as f:
+            return self.load_state_dict({k: f[k] for k in f.files})
+
+    # ---- printing ----
+    def extra_repr(self):
+        return ""
+
+    def __repr__(self):
+        if not self._modules:
+            return f"{type(self).__name__}({self.extra_repr()})"
+        lines = [f"{type(self).__name__}("]
+        for name, m in self._modules.items():
+            child = repr(m).replace("\n", "\n  ")
+            lines.append(f"  ({name}): {child}")
+        return "\n".join(lines + [")"])
+
+
+class Sequential(Module):
+    """Modules applied in order; children are named "0", "1", ... and indexable."""
+
+    def __init__(self, *modules):
+        super().__init__()
+        for i, m in enumerate(modules):
+            if not isinstance(m, Module):
+                raise TypeError(f"Sequential takes Modules, got {type(m).__name__} at position {i}")
+            setattr(self, str(i), m)
+
+    def forward(self, x):
+        for m in self._modules.values():
+            x = m(x)
+        return x
+
+    def __getitem__(self, index):
+        items = list(self._modules.values())
+        if isinstance(index, slice):
+            return Sequential(*items[index])
+        return items[index]
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
+    def append(self, module):
+        setattr(self, str(len(self)), module)
+        return self

@@ -1,0 +1,203 @@
+"""The op table: every differentiable primitive, its numpy forward and its derivative, side by side.
+
+Each primitive is one block: ``Op(name, forward, backward)``.
+
+* ``forward(*arrays, **attrs) -> array`` runs on numpy arrays.
+* one derivative per input, each ``vjp(g, out, *inputs, **attrs) -> gradient for that input``:
+  ``g`` is the gradient of the output, ``out`` the forward result. The engine calls only the
+  ones whose input needs a gradient (so ``x @ W`` with a data ``x`` never computes ``g @ W``).
+
+A backward rule may return a gradient that is only *broadcastable* to its input's shape: the
+engine reduces broadcast axes once, for every op (``autograd.unbroadcast``). Rules use only
+operations numpy arrays and ``Tensor`` share (arithmetic, ``@``, comparisons, ``.sum``,
+``.reshape``, ``.transpose``) plus the helpers below, so the same rule can run on Tensors to
+build a graph of the backward pass. This module knows numpy, not ``Tensor``.
+
+Everything not listed here (var, softmax, log_softmax, batch_norm, cross_entropy) is composed
+from these primitives in ``tensor.py`` / ``nn/functional.py`` and has no derivative of its own.
+"""
+import numpy as np
+
+
+class Op:
+    """A primitive: name, numpy forward, and one derivative (vjp) per input."""
+
+    __slots__ = ("name", "forward", "vjps")
+
+    def __init__(self, name, forward, *vjps):
+        self.name, self.forward, self.vjps = name, forward, vjps
+
+    def __repr__(self):
+        return f"Op({self.name})"
+
+
+# ---- helpers shared by the rules (duck-typed: ndarray, or any object with the same method) ----
+
+def expand(g, shape):
+    """Broadcast ``g`` to ``shape`` without copying (a read-only view for arrays)."""
+    if isinstance(g, np.ndarray):
+        return np.broadcast_to(g, shape)
+    return g.expand(shape)
+
+
+def scatter_add(g, index, shape):
+    """Zeros of ``shape`` with ``g`` added at ``index``; repeated indices accumulate."""
+    if isinstance(g, np.ndarray):
+        out = np.zeros(shape, dtype=g.dtype)
+        np.add.at(out, index, g)
+        return out
+    return g.scatter_add(index, shape)
+
+
+def swap_last(a):
+    """Swap the last two axes (the matrix transpose of a stack of matrices)."""
+    axes = tuple(range(a.ndim - 2)) + (a.ndim - 1, a.ndim - 2)
+    return a.transpose(axes)
+
+
+def normalize_axis(axis, ndim):
+    """``axis`` (None, int or tuple, negatives allowed) as a sorted tuple of non-negative ints."""
+    if axis is None:
+        return tuple(range(ndim))
+    axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
+    out = []
+    for a in axes:
+        if not -ndim <= a < max(ndim, 1):
+            raise ValueError(f"axis {a} is out of range for a tensor with {ndim} dimensions")
+        out.append(int(a) % max(ndim, 1))
+    if len(set(out)) != len(out):
+        raise ValueError(f"axis {axis} repeats an axis")
+    return tuple(sorted(out))
+
+
+def keepdims_shape(shape, axis):
+    """The shape a reduction over ``axis`` (a normalized tuple) has with keepdims=True."""
+    return tuple(1 if i in axis else n for i, n in enumerate(shape))
+
+
+def _reduced_grad(g, x, axis, keepdims):
+    """Reinsert the reduced axes into ``g`` so it broadcasts against ``x``."""
+    return g if keepdims else g.reshape(keepdims_shape(x.shape, axis))
+
+
+# ---- elementwise binary: z = f(x, y) with numpy broadcasting ----
+
+ADD = Op("add", lambda x, y: x + y,
+         lambda g, out, x, y: g,
+         lambda g, out, x, y: g)
+
+SUB = Op("sub", lambda x, y: x - y,
+         lambda g, out, x, y: g,
+         lambda g, out, x, y: -g)
+
+MUL = Op("mul", lambda x, y: x * y,
+         lambda g, out, x, y: g * y,
+         lambda g, out, x, y: g * x)
+
+DIV = Op("div", lambda x, y: x / y,
+         lambda g, out, x, y: g / y,
+         lambda g, out, x, y: -g * out / y)
+
+# z = x ** y with a tensor exponent; dz/dy = z log x, taken as 0 where x <= 0.
+POW = Op("pow", lambda x, y: x ** y,
+         lambda g, out, x, y: g * y * x ** (y - 1),
+         lambda g, out, x, y: g * out * log_or_zero(x))
+
+
+def log_or_zero(x):
+    """log(x) where x > 0, else 0."""
+    if isinstance(x, np.ndarray):
+        return np.log(np.where(x > 0, x, 1))
+    return (x * (x > 0) + (x <= 0)).log()
+
+
+# ---- elementwise unary ----
+
+NEG = Op("neg", lambda x: -x,
+         lambda g, out, x: -g)
+
+# z = x ** p for a constant p, kept as an attribute so the graph can show it.
+POW_SCALAR = Op("pow_scalar", lambda x, exponent: x ** exponent,
+                lambda g, out, x, exponent: g * exponent * x ** (exponent - 1))
+
+SQRT = Op("sqrt", np.sqrt,
+          lambda g, out, x: g / (out * 2))
+
+EXP = Op("exp", np.exp,
+         lambda g, out, x: g * out)
+
+LOG = Op("log", np.log,
+         lambda g, out, x: g / x)
+
+# relu'(0) is taken as 0, as PyTorch does.
+RELU = Op("relu", lambda x: np.maximum(x, 0),
+          lambda g, out, x: g * (x > 0))
+
+
+def _sigmoid(x):
+    # exp of non-positive numbers only: no overflow for large |x|, full precision in both tails.
+    e = np.exp(-np.abs(x))
+    r = 1 / (1 + e)
+    return np.where(x >= 0, r, e * r)
+
+
+SIGMOID = Op("sigmoid", _sigmoid,
+             lambda g, out, x: g * out * (1 - out))
+
+TANH = Op("tanh", np.tanh,
+          lambda g, out, x: g * (1 - out * out))
+
+
+# ---- linear algebra: z = x @ y over the last two axes, leading axes broadcast ----
+
+MATMUL = Op("matmul", lambda x, y: x @ y,
+            lambda g, out, x, y: g @ swap_last(y),
+            lambda g, out, x, y: swap_last(x) @ g)
+
+
+# ---- reductions over ``axis``, a normalized tuple (see normalize_axis) ----
+
+def _count(shape, axis):
+    n = 1
+    for a in axis:
+        n *= shape[a]
+    return n
+
+
+SUM = Op("sum", lambda x, axis, keepdims: x.sum(axis=axis, keepdims=keepdims),
+         lambda g, out, x, axis, keepdims: expand(_reduced_grad(g, x, axis, keepdims), x.shape))
+
+MEAN = Op("mean", lambda x, axis, keepdims: x.mean(axis=axis, keepdims=keepdims),
+          lambda g, out, x, axis, keepdims: expand(
+              _reduced_grad(g, x, axis, keepdims) / _count(x.shape, axis), x.shape))
+
+
+def _max_vjp(g, out, x, axis, keepdims):
+    # Ties share the gradient equally (as PyTorch's amax does), so it still sums to g.
+    mask = x >= _reduced_grad(out, x, axis, keepdims)
+    return mask * (_reduced_grad(g, x, axis, keepdims) / mask.sum(axis=axis, keepdims=True))
+
+
+MAX = Op("max", lambda x, axis, keepdims: x.max(axis=axis, keepdims=keepdims),
+         _max_vjp)
+
+
+# ---- shape ----
+
+RESHAPE = Op("reshape", lambda x, shape: x.reshape(shape),
+             lambda g, out, x, shape: g.reshape(x.shape))
+
+TRANSPOSE = Op("transpose", lambda x, axes: x.transpose(axes),
+               lambda g, out, x, axes: g.transpose(tuple(np.argsort(axes))))
+
+# The engine reduces broadcast axes, so the derivative of a broadcast is the identity.
+EXPAND = Op("expand", lambda x, shape: np.broadcast_to(x, shape),
+            lambda g, out, x, shape: g)
+
+GETITEM = Op("getitem", lambda x, index: x[index],
+             lambda g, out, x, index: scatter_add(g, index, x.shape))
+
+
+# The table the tests, gradcheck and the renderer iterate over.
+PRIMITIVES = (ADD, SUB, MUL, DIV, POW, NEG, POW_SCALAR, SQRT, EXP, LOG, RELU, SIGMOID, TANH,
+              MATMUL, SUM, MEAN, MAX, RESHAPE, TRANSPOSE, EXPAND, GETITEM)

@@ -1,0 +1,86 @@
+"""Optimizers with PyTorch's update rules. They read ``.grad``, write ``.data`` in place and
+record no graph; parameters without a gradient are skipped."""
+import numpy as np
+
+
+class Optimizer:
+    """Holds the parameters and per-parameter state; ``step()`` is the update rule."""
+
+    def __init__(self, params, lr):
+        self.params = list(params)
+        if not self.params:
+            raise ValueError(f"{type(self).__name__} got an empty parameter list")
+        if lr < 0:
+            raise ValueError(f"{type(self).__name__}: learning rate must be >= 0, got {lr}")
+        self.lr = lr
+        self.state = [dict() for _ in self.params]
+
+    def zero_grad(self):
+        """Forget the gradients (set to None, PyTorch's default)."""
+        for p in self.params:
+            p.grad = None
+
+    def step(self):
+        for p, state in zip(self.params, self.state):
+            if p.grad is not None:
+                self._update(p, p.grad.data, state)
+
+    def _update(self, p, grad, state):
+        raise NotImplementedError
+
+
+class SGD(Optimizer):
+    """v = momentum * v + g (v = g at the first step);  p -= lr * v.  g includes weight_decay * p."""
+
+    def __init__(self, params, lr, momentum=0.0, weight_decay=0.0, dampening=0.0, nesterov=False):
+        super().__init__(params, lr)
+        if momentum < 0 or weight_decay < 0:
+            raise ValueError(f"SGD: momentum and weight_decay must be >= 0, "
+                             f"got {momentum} and {weight_decay}")
+        if nesterov and (momentum <= 0 or dampening != 0):
+            raise ValueError("SGD: nesterov needs momentum > 0 and dampening 0")
+        self.momentum, self.weight_decay = momentum, weight_decay
+        self.dampening, self.nesterov = dampening, nesterov
+
+    def _update(self, p, grad, state):
+        if self.weight_decay:
+            grad = grad + self.weight_decay * p.data
+        if self.momentum:
+            buf = state.get("momentum_buffer")
+            if buf is None:
+                buf = state["momentum_buffer"] = np.array(grad, copy=True)
+            else:
+                buf *= self.momentum
+                buf += (1 - self.dampening) * grad
+            grad = grad + self.momentum * buf if self.nesterov else buf
+        p.data -= self.lr * grad
+
+
+class Adam(Optimizer):
+    """m, v = EMAs of g and g²;  p -= lr * m̂ / (sqrt(v̂) + eps) with bias-corrected m̂, v̂."""
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+        super().__init__(params, lr)
+        if not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
+            raise ValueError(f"Adam: betas must be in [0, 1), got {betas}")
+        if eps < 0 or weight_decay < 0:
+            raise ValueError(f"Adam: eps and weight_decay must be >= 0, got {eps}, {weight_decay}")
+        self.betas, self.eps, self.weight_decay = betas, eps, weight_decay
+
+    def _update(self, p, grad, state):
+        b1, b2 = self.betas
+        if self.weight_decay:
+            grad = grad + self.weight_decay * p.data
+        if not state:
+            state["step"] = 0
+            state["exp_avg"] = np.zeros_like(p.data)
+            state["exp_avg_sq"] = np.zeros_like(p.data)
+        state["step"] += 1
+        t, m, v = state["step"], state["exp_avg"], state["exp_avg_sq"]
+        m *= b1
+        m += (1 - b1) * grad
+        v *= b2
+        v += (1 - b2) * grad * grad
+        # PyTorch's arrangement of the same formula, so results agree to rounding.
+        denom = np.sqrt(v) / np.sqrt(1 - b2 ** t) + self.eps
+        p.data -= (self.lr / (1 - b1 ** t)) * m / denom

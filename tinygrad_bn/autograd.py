@@ -81,7 +81,7 @@ class enable_grad(_SetGradMode):
 
 
 def record(op, inputs, attrs):
-    """The one place graph nodes are made: a Node if grad mode is on and an input needs a gradient."""
+    """The one place graph nodes are made: a Node if grad mode is on and an input needs grad."""
     if _GradMode.enabled:
         for t in inputs:
             if t.requires_grad:

@@ -30,7 +30,7 @@ class Optimizer:
 
 
 class SGD(Optimizer):
-    """v = momentum * v + g (v = g at the first step);  p -= lr * v.  g includes weight_decay * p."""
+    """v = momentum * v + g (v = g at first);  p -= lr * v;  g includes weight_decay * p."""
 
     def __init__(self, params, lr, momentum=0.0, weight_decay=0.0, dampening=0.0, nesterov=False):
         super().__init__(params, lr)

@@ -10,8 +10,9 @@ import numpy as np
 
 from . import autograd, ops
 
+
 def _to_array(data, dtype):
-    """``data`` as a new floating-point ndarray; lists and ints become float32 (PyTorch's default)."""
+    """``data`` as a new float ndarray; lists and ints become float32 (PyTorch's default)."""
     if isinstance(data, Tensor):
         data = data.data
     if isinstance(data, (np.ndarray, np.generic)):
@@ -45,7 +46,7 @@ def _check_dtype(dtype):
 
 
 class Tensor:
-    """An n-dimensional array with reverse-mode autodiff (``requires_grad``, ``backward``, ``grad``)."""
+    """An n-dimensional array with reverse-mode autodiff (``requires_grad``, ``backward``)."""
 
     __slots__ = ("data", "grad", "requires_grad", "_ctx", "_retains_grad", "name", "__weakref__")
     # ndarray + Tensor must call Tensor.__radd__, not build an object array element by element.

@@ -1,0 +1,192 @@
+"""Every primitive of the op table: forward vs numpy, gradient vs float64 central differences,
+dtypes, broadcasting, reductions. Driven by ops.PRIMITIVES and samples.SAMPLES."""
+import numpy as np
+import pytest
+from conftest import numeric_vjp
+
+from tinygrad_bn import Tensor, ops
+from tinygrad_bn.samples import SAMPLES, make_inputs
+
+CASES = [(name, s) for name, samples in SAMPLES.items() for s in samples]
+
+
+def _numpy_fn(sample):
+    """The sample's computation run on plain arrays (through Tensor, detached): f(arrays)."""
+    return lambda *arrays: sample.fn(*[Tensor(a) for a in arrays]).data
+
+
+def test_every_primitive_has_a_method_and_samples():
+    names = {op.name for op in ops.PRIMITIVES}
+    assert names == set(SAMPLES), names ^ set(SAMPLES)
+    for op in ops.PRIMITIVES:
+        assert callable(op.forward) and op.vjps, op.name
+    # each sample really goes through the op it is filed under
+    rng = np.random.default_rng(0)
+    for name, s in CASES:
+        xs = [Tensor(a, requires_grad=True) for a in make_inputs(s, rng)]
+        seen = {node._ctx.op.name for node in _walk(s.fn(*xs))}
+        assert name in seen, (name, s.label, seen)
+
+
+def _walk(t):
+    from tinygrad_bn.autograd import toposort
+    return [n for n in toposort(t) if n._ctx is not None]
+
+
+@pytest.mark.parametrize("name,sample", CASES, ids=[s.label for _, s in CASES])
+def test_gradient_matches_central_differences(name, sample, rng):
+    arrays = make_inputs(sample, rng)
+    xs = [Tensor(a, requires_grad=True) for a in arrays]
+    y = sample.fn(*xs)
+    upstream = rng.standard_normal(y.shape)  # random, never just ones: sum() hides errors
+    y.backward(upstream)
+    expected = numeric_vjp(_numpy_fn(sample), [a.copy() for a in arrays], upstream)
+    for x, e in zip(xs, expected):
+        assert x.grad.shape == x.shape
+        np.testing.assert_allclose(x.grad.data, e, rtol=1e-6, atol=1e-7, err_msg=sample.label)
+
+
+@pytest.mark.parametrize("name,sample", CASES, ids=[s.label for _, s in CASES])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_dtype_is_preserved(name, sample, dtype, rng):
+    xs = [Tensor(a, requires_grad=True) for a in make_inputs(sample, rng, dtype)]
+    y = sample.fn(*xs)
+    assert y.dtype == dtype
+    y.backward(np.ones(y.shape))
+    assert all(x.grad.dtype == dtype for x in xs)
+
+
+UNARY_NUMPY = {
+    "neg": np.negative, "sqrt": np.sqrt, "exp": np.exp, "log": np.log,
+    "relu": lambda a: np.maximum(a, 0), "tanh": np.tanh, "sigmoid": lambda a: 1 / (1 + np.exp(-a)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(UNARY_NUMPY))
+def test_unary_forward_matches_numpy(name, rng):
+    sample = SAMPLES[name][0]
+    (a,) = make_inputs(sample, rng)
+    np.testing.assert_allclose(sample.fn(Tensor(a)).data, UNARY_NUMPY[name](a), rtol=1e-12)
+
+
+BINARY_NUMPY = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide,
+                "pow": np.power, "matmul": np.matmul}
+
+
+@pytest.mark.parametrize("name", sorted(BINARY_NUMPY))
+def test_binary_forward_matches_numpy(name, rng):
+    for sample in SAMPLES[name]:
+        a, b = make_inputs(sample, rng)
+        np.testing.assert_allclose(sample.fn(Tensor(a), Tensor(b)).data,
+                                   BINARY_NUMPY[name](a, b), rtol=1e-12)
+
+
+BROADCAST_SHAPES = [((3, 4), (4,)), ((3, 1), (1, 4)), ((2, 3, 4), (3, 1)), ((), (2, 3)),
+                    ((5, 1, 3), (1, 4, 1)), ((1,), (2, 2))]
+
+
+@pytest.mark.parametrize("shapes", BROADCAST_SHAPES)
+@pytest.mark.parametrize("op", ["add", "sub", "mul", "div"])
+def test_broadcast_gradients_reduce_to_input_shapes(shapes, op, rng):
+    fn = {"add": lambda x, y: x + y, "sub": lambda x, y: x - y,
+          "mul": lambda x, y: x * y, "div": lambda x, y: x / y}[op]
+    arrays = [rng.uniform(0.5, 1.5, s) for s in shapes]
+    xs = [Tensor(a, requires_grad=True) for a in arrays]
+    y = fn(*xs)
+    upstream = rng.standard_normal(y.shape)
+    y.backward(upstream)
+    expected = numeric_vjp(lambda a, b: fn(a, b), [a.copy() for a in arrays], upstream)
+    for x, e in zip(xs, expected):
+        np.testing.assert_allclose(x.grad.data, e, rtol=1e-6, atol=1e-8)
+
+
+AXES = [None, 0, 1, -1, (0, 2), (-1, 0), (0, 1, 2)]
+
+
+@pytest.mark.parametrize("axis", AXES, ids=str)
+@pytest.mark.parametrize("keepdims", [False, True])
+@pytest.mark.parametrize("reduction", ["sum", "mean", "max", "var"])
+def test_reductions_over_axis_keepdims_grid(axis, keepdims, reduction, rng):
+    a = rng.permutation(24).reshape(2, 3, 4) * 0.31 + rng.uniform(0, 0.1, (2, 3, 4))
+    x = Tensor(a, requires_grad=True)
+    y = getattr(x, reduction)(axis=axis, keepdims=keepdims)
+    np.testing.assert_allclose(y.data, getattr(a, reduction)(axis=axis, keepdims=keepdims),
+                               rtol=1e-12)
+    upstream = rng.standard_normal(y.shape)
+    y.backward(upstream)
+    (expected,) = numeric_vjp(lambda b: getattr(b, reduction)(axis=axis, keepdims=keepdims),
+                              [a.copy()], upstream)
+    np.testing.assert_allclose(x.grad.data, expected, rtol=1e-6, atol=1e-8)
+
+
+def test_max_ties_share_the_gradient():
+    x = Tensor(np.array([1.0, 3.0, 3.0]), requires_grad=True)
+    x.max().backward()
+    np.testing.assert_array_equal(x.grad.data, [0, 0.5, 0.5])
+
+
+def test_composites_match_numpy_and_their_gradients(rng):
+    a = rng.standard_normal((4, 5))
+    for name, ref in [("softmax", lambda b: np.exp(b) / np.exp(b).sum(-1, keepdims=True)),
+                      ("log_softmax", lambda b: b - np.log(np.exp(b).sum(-1, keepdims=True)))]:
+        x = Tensor(a, requires_grad=True)
+        y = getattr(x, name)()
+        np.testing.assert_allclose(y.data, ref(a), rtol=1e-12)
+        up = rng.standard_normal(y.shape)
+        y.backward(up)
+        (e,) = numeric_vjp(ref, [a.copy()], up)
+        np.testing.assert_allclose(x.grad.data, e, rtol=1e-6, atol=1e-8)
+
+
+def test_log_softmax_is_stable_for_large_logits():
+    x = Tensor(np.array([[1000.0, 0.0, -1000.0]]), requires_grad=True)
+    y = x.log_softmax()
+    assert np.all(np.isfinite(y.data))
+    np.testing.assert_allclose(y.data, [[0.0, -1000.0, -2000.0]])
+    y.backward(np.array([[1.0, 0.0, 0.0]]))
+    assert np.all(np.isfinite(x.grad.data))
+
+
+def test_sigmoid_is_stable_in_both_tails():
+    x = Tensor(np.array([-800.0, -40.0, 0.0, 40.0, 800.0]))
+    s = x.sigmoid().data
+    assert np.all(np.isfinite(s)) and s[0] == 0.0 and s[-1] == 1.0
+    np.testing.assert_allclose(s[1], np.exp(-40.0) / (1 + np.exp(-40.0)), rtol=1e-12)
+
+
+def test_getitem_repeated_indices_accumulate():
+    x = Tensor(np.arange(4.0), requires_grad=True)
+    x[np.array([1, 1, 3, 1])].sum().backward()
+    np.testing.assert_array_equal(x.grad.data, [0, 3, 0, 1])
+
+
+def test_matmul_batched_broadcasts_batch_axes(rng):
+    a, b = rng.standard_normal((2, 1, 3, 4)), rng.standard_normal((5, 4, 2))
+    x, y = Tensor(a, requires_grad=True), Tensor(b, requires_grad=True)
+    z = x @ y
+    assert z.shape == (2, 5, 3, 2)
+    up = rng.standard_normal(z.shape)
+    z.backward(up)
+    ex, ey = numeric_vjp(np.matmul, [a.copy(), b.copy()], up)
+    np.testing.assert_allclose(x.grad.data, ex, rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(y.grad.data, ey, rtol=1e-6, atol=1e-8)
+
+
+def test_reflected_ops_with_scalars_and_arrays(rng):
+    a = rng.uniform(0.5, 1.5, (2, 3))
+    x = Tensor(a, requires_grad=True)
+    arr = rng.uniform(0.5, 1.5, (2, 3))
+    y = 2 - x + arr * x - 3 / x + 2 ** x + arr / x
+    assert isinstance(y, Tensor)
+    np.testing.assert_allclose(y.data, 2 - a + arr * a - 3 / a + 2 ** a + arr / a)
+    up = rng.standard_normal(y.shape)
+    y.backward(up)
+    (e,) = numeric_vjp(lambda b: 2 - b + arr * b - 3 / b + 2 ** b + arr / b, [a.copy()], up)
+    np.testing.assert_allclose(x.grad.data, e, rtol=1e-6)
+
+
+def test_python_scalars_keep_float32():
+    x = Tensor(np.ones(3, dtype=np.float32))
+    for y in (x * 2.5, 2.5 * x, x + 1, x / 3.0, x ** 2, 1 - x):
+        assert y.dtype == np.float32
+

@@ -1,0 +1,222 @@
+"""The shared benchmark harness: one BLAS thread, candidates interleaved, paired ratios.
+
+Entry scripts import this module *before* numpy, so the thread-count environment variables below
+are read when OpenBLAS loads; ``pin_threads()`` then also limits any BLAS/OpenMP pool already
+loaded (threadpoolctl) and PyTorch's intra-op pool.
+
+``compare`` times candidates A B C A B C ... over several rounds (the order rotates every round,
+so no candidate always runs right after the same one), keeps every per-call time, and reports per
+candidate the median and min–max, and per pair the median of the per-round ratios: both
+candidates of a round ran within milliseconds of each other, so a noisy neighbour on the shared
+cores shifts both and the ratio stays put.
+"""
+import os
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_var] = "1"
+
+import gc  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+# Variables that slow down OpenBLAS on these machines when set; the Makefile unsets them for
+# `make bench`. We only report them: changing them here would hide what the run measured.
+SLOW_BLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+
+_limiter = None
+
+
+def pin_threads():
+    """Limit BLAS, OpenMP and PyTorch to one thread for the rest of the process."""
+    global _limiter
+    if _limiter is None:
+        try:
+            from threadpoolctl import threadpool_limits
+            _limiter = threadpool_limits(limits=1)
+        except ImportError:  # the environment variables above still apply
+            _limiter = False
+    torch = optional_torch()
+    if torch is not None:
+        torch.set_num_threads(1)
+
+
+def optional_torch():
+    """PyTorch if installed (pinned to one thread), else None."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    if torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
+    return torch
+
+
+def machine_info():
+    """What the numbers came from: CPU, versions, and the BLAS threadpoolctl sees."""
+    info = {
+        "platform": platform.platform(),
+        "cpu": _cpu_model(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "torch": None,
+        "blas": [],
+        "env": {v: os.environ.get(v) for v in SLOW_BLAS_VARS + ("OPENBLAS_NUM_THREADS",)},
+    }
+    torch = optional_torch()
+    if torch is not None:
+        info["torch"] = torch.__version__
+        info["torch_threads"] = torch.get_num_threads()
+    try:
+        from threadpoolctl import threadpool_info
+        for pool in threadpool_info():
+            info["blas"].append({k: pool.get(k) for k in (
+                "user_api", "internal_api", "prefix", "version", "architecture", "num_threads")})
+    except ImportError:
+        info["blas"].append({"note": "threadpoolctl not installed"})
+    return info
+
+
+def _cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def describe_machine(info):
+    """A few lines for the top of a printed table."""
+    lines = [f"machine: {info['cpu']}, {info['cpus']} cpus, {info['platform']}",
+             f"python {info['python']}, numpy {info['numpy']}, torch {info['torch'] or 'absent'}"]
+    for pool in info["blas"]:
+        if pool.get("user_api") == "blas":
+            lines.append(f"BLAS: {pool['internal_api']} {pool['version']}, kernel/coretype "
+                         f"{pool['architecture']}, {pool['num_threads']} thread(s) during timing")
+    bad = {k: v for k, v in info["env"].items() if k in SLOW_BLAS_VARS and v is not None}
+    if bad:
+        lines.append(f"WARNING: {bad} set in the environment; it slows OpenBLAS here "
+                     f"(`make bench` unsets them)")
+    return "\n".join(lines)
+
+
+def _time_calls(fn, inner):
+    t0 = time.perf_counter()
+    for _ in range(inner):
+        fn()
+    return (time.perf_counter() - t0) / inner
+
+
+def compare(candidates, rounds=7, inner=1, warmup=1, reference=None):
+    """Time ``candidates`` ({name: zero-argument callable}) interleaved over ``rounds`` rounds.
+
+    Each round calls every candidate ``inner`` times in a row and records the mean time per call.
+    ``reference`` (a name, or a list of names) gets a paired ratio column: for each other
+    candidate, the median over rounds of time(candidate) / time(reference) in that round.
+    Returns a dict ready for JSON: times in seconds per call.
+    """
+    names = list(candidates)
+    for _ in range(warmup):
+        for name in names:
+            candidates[name]()
+    times = {name: [] for name in names}
+    for r in range(rounds):
+        gc.collect()  # start every round from the same heap, not inside the timed region
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:
+            times[name].append(_time_calls(candidates[name], inner))
+    refs = [] if reference is None else [reference] if isinstance(reference, str) else reference
+    result = {"rounds": rounds, "inner": inner, "candidates": {}}
+    for name in names:
+        ts = times[name]
+        entry = {"median": statistics.median(ts), "min": min(ts), "max": max(ts), "times": ts,
+                 "ratio": {}}
+        for ref in refs:
+            if ref != name:
+                entry["ratio"][ref] = statistics.median(
+                    t / tr for t, tr in zip(ts, times[ref]))
+        result["candidates"][name] = entry
+    return result
+
+
+# ---- printing ----
+
+def fmt_time(seconds):
+    """Seconds in the unit that keeps 3-4 significant digits."""
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.1f} µs"
+    if seconds < 1:
+        return f"{seconds * 1e3:.3f} ms"
+    return f"{seconds:.3f} s"
+
+
+def table(rows, headers):
+    """A plain-text table: ``rows`` are lists of cells (already strings)."""
+    widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) if rows else len(str(h))
+              for i, h in enumerate(headers)]
+    line = "  ".join(str(h).ljust(w) for h, w in zip(headers, widths))
+    out = [line, "  ".join("-" * w for w in widths)]
+    for r in rows:
+        out.append("  ".join(str(c).ljust(w) for c, w in zip(r, widths)))
+    return "\n".join(out)
+
+
+def comparison_rows(case, result, refs, unit=1.0, unit_name=None):
+    """Rows (case, candidate, median, min–max, ratio vs each ref) for ``table``.
+
+    ``unit`` divides the times (e.g. the number of ops, to print time per op).
+    """
+    rows = []
+    for name, e in result["candidates"].items():
+        med, lo, hi = e["median"] / unit, e["min"] / unit, e["max"] / unit
+        ratios = [f"{e['ratio'][ref]:.2f}x" if ref in e["ratio"] else "" for ref in refs]
+        rows.append([case, name, fmt_time(med), f"{fmt_time(lo)} – {fmt_time(hi)}"] + ratios)
+    return rows
+
+
+def write_json(path, payload):
+    """Write ``payload`` (plus machine info if missing) as indented JSON."""
+    payload = dict(payload)
+    payload.setdefault("machine", machine_info())
+    payload.setdefault("argv", sys.argv)
+    with open(path, "w") as f:
+        json.dump(payload, f, indent=1, default=_json_default)
+        f.write("\n")
+
+
+def _json_default(x):
+    if isinstance(x, (np.floating, np.integer)):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    return str(x)
+
+
+def peak_memory(fn):
+    """Peak bytes numpy (or Python) allocated while ``fn()`` ran, above what was live before.
+
+    numpy reports its data buffers to tracemalloc, so this counts arrays; PyTorch's allocator
+    does not, so it means nothing for torch candidates.
+    """
+    import tracemalloc
+    gc.collect()
+    started = tracemalloc.is_tracing()
+    if not started:
+        tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        before = tracemalloc.get_traced_memory()[0]
+        fn()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        if not started:
+            tracemalloc.stop()
+    return peak - before

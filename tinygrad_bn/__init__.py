@@ -1,7 +1,9 @@
 """tinygrad_bn: a small numpy autodiff framework whose centrepiece is batch normalization."""
 from . import nn, optim
 from .autograd import enable_grad, is_grad_enabled, no_grad
+from .gradcheck import GradcheckError, gradcheck
 from .tensor import Tensor
 
 __version__ = "0.1.0"
-__all__ = ["Tensor", "nn", "optim", "no_grad", "enable_grad", "is_grad_enabled"]
+__all__ = ["Tensor", "nn", "optim", "no_grad", "enable_grad", "is_grad_enabled",
+           "gradcheck", "GradcheckError"]

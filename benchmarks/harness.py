@@ -115,10 +115,13 @@ def _time_calls(fn, inner):
     return (time.perf_counter() - t0) / inner
 
 
-def compare(candidates, rounds=7, inner=1, warmup=1, reference=None):
+def compare(candidates, rounds=7, inner=1, warmup=1, reference=None, round_seconds=0.05):
     """Time ``candidates`` ({name: zero-argument callable}) interleaved over ``rounds`` rounds.
 
-    Each round calls every candidate ``inner`` times in a row and records the mean time per call.
+    Each round calls every candidate ``inner`` times in a row and records the mean time per call;
+    ``inner="auto"`` picks it from a timed call so a candidate's share of a round lasts about
+    ``round_seconds`` (short calls are repeated, so timer resolution and one-off hiccups matter
+    less).
     ``reference`` (a name, or a list of names) gets a paired ratio column: for each other
     candidate, the median over rounds of time(candidate) / time(reference) in that round.
     Returns a dict ready for JSON: times in seconds per call.
@@ -127,6 +130,9 @@ def compare(candidates, rounds=7, inner=1, warmup=1, reference=None):
     for _ in range(warmup):
         for name in names:
             candidates[name]()
+    if inner == "auto":
+        slowest = max(_time_calls(candidates[name], 1) for name in names)
+        inner = max(1, int(round_seconds / max(slowest, 1e-9)))
     times = {name: [] for name in names}
     for r in range(rounds):
         gc.collect()  # start every round from the same heap, not inside the timed region

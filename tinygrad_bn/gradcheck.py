@@ -73,9 +73,11 @@ def numeric_vjp(fn, arrays, upstream, eps=1e-6, jacobian=False):
             for j, i in enumerate(np.ndindex(a.shape)):
                 orig = a[i]
                 a[i] = orig + eps
-                hi, x_hi = np.asarray(fn(*tensors).data, dtype=np.float64), a[i]
+                # np.array copies: reshape, transpose, expand and slicing return views of ``a``,
+                # which the next perturbation would silently change.
+                hi, x_hi = np.array(fn(*tensors).data, dtype=np.float64), a[i]
                 a[i] = orig - eps
-                lo, x_lo = np.asarray(fn(*tensors).data, dtype=np.float64), a[i]
+                lo, x_lo = np.array(fn(*tensors).data, dtype=np.float64), a[i]
                 a[i] = orig
                 # The step actually taken (orig + eps is rounded): a little more accurate. In
                 # float32 a tiny eps can vanish entirely; the result is then NaN, not a guess.

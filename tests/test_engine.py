@@ -55,11 +55,20 @@ def test_leaf_gradients_never_alias():
     assert not np.shares_memory(x.grad.data, upstream)
     x.grad.data[0] = 100.0
     assert y.grad.data[0] == 1.0 and upstream[0] == 1.0
-    # reshape/broadcast gradients are views of something: they must be copied into .grad
+    # reshape/broadcast gradients are views: .grad must still be writeable and unshared
     z = Tensor(np.ones((1, 3)), requires_grad=True)
     w = z.reshape(3).expand(2, 3)
-    w.backward(np.ones((2, 3)))
-    assert z.grad.data.flags.writeable and z.grad.data.base is None
+    up = np.ones((2, 3))
+    w.backward(up)
+    assert z.grad.data.flags.writeable and not np.shares_memory(z.grad.data, up)
+    # one buffer reaching two leaves through views: the second gets a copy
+    a = Tensor(np.ones(6), requires_grad=True)
+    b = Tensor(np.ones((2, 3)), requires_grad=True)
+    h = Tensor(np.ones(6), requires_grad=True) * 2  # an intermediate, so g is a fresh array
+    (a.reshape(2, 3) + b + h.reshape(2, 3)).backward(np.ones((2, 3)))
+    assert not np.shares_memory(a.grad.data, b.grad.data)
+    a.grad.data[:] = 7
+    assert np.all(b.grad.data == 1)
 
 
 def test_accumulation_creates_a_new_array():

@@ -4,18 +4,27 @@ Works on any object with ``data``, ``requires_grad``, ``grad``, ``_ctx`` and ``_
 (the ``Tensor``); it never imports ``tensor.py``. A ``Node`` points to its inputs only, never to
 its output, so a graph is freed by reference counting as soon as its output is unreachable.
 """
+import itertools
+
 import numpy as np
 
 
 class Node:
     """How a tensor was made: the primitive, its input tensors, its attributes, and the modules
-    (outermost first) whose forward was running, so the renderer can group nodes by layer."""
+    (outermost first) whose forward was running, so the renderer can group nodes by layer.
 
-    __slots__ = ("op", "inputs", "attrs", "scope")
+    ``seq`` numbers nodes in creation order. A tensor is always made after its inputs, so
+    sorting by ``seq`` is a topological order without a depth-first search.
+    """
 
-    def __init__(self, op, inputs, attrs, scope=()):
-        self.op, self.inputs, self.attrs, self.scope = op, inputs, attrs, scope
+    __slots__ = ("op", "inputs", "attrs", "scope", "seq")
 
+    def __init__(self, op, inputs, attrs, scope=(), seq=0):
+        self.op, self.inputs, self.attrs, self.scope, self.seq = op, inputs, attrs, scope, seq
+
+
+_next_seq = itertools.count(1).__next__
+_add_reduce = np.add.reduce
 
 # Marks a tensor whose graph backward() has already released (PyTorch's retain_graph=False).
 FREED = Node(None, (), {})
@@ -85,35 +94,34 @@ def record(op, inputs, attrs):
     if _GradMode.enabled:
         for t in inputs:
             if t.requires_grad:
-                return Node(op, inputs, attrs, _GradMode.scope)
+                return Node(op, inputs, attrs, _GradMode.scope, _next_seq())
     return None
 
 
 def toposort(root, grad_only=True):
     """Tensors of the graph that made ``root``, every input before the tensors made from it.
 
-    Iterative depth-first search with an explicit stack, so graph depth is limited by memory,
-    not by Python's recursion limit. ``grad_only`` skips inputs that need no gradient (the
-    backward pass); the renderer walks everything.
+    Collects the reachable tensors with an explicit stack (no recursion, so depth is limited by
+    memory, not by Python's recursion limit), then sorts them by creation order, which is
+    topological (``Node.seq``); leaves come first. ``grad_only`` skips inputs that need no
+    gradient (the backward pass); the renderer walks everything.
     """
-    order, visited = [], set()
-    stack = [(root, False)]
-    push, pop = stack.append, stack.pop
+    seen = {root}
+    stack = [root]
+    pop, push, add = stack.pop, stack.append, seen.add
     while stack:
-        t, expanded = pop()
-        if expanded:
-            order.append(t)
-            continue
-        if t in visited:
-            continue
-        visited.add(t)
-        push((t, True))
-        ctx = t._ctx
+        ctx = pop()._ctx
         if ctx is not None:
             for p in ctx.inputs:
-                if p not in visited and (p.requires_grad or not grad_only):
-                    push((p, False))
-    return order
+                if p not in seen and (p.requires_grad or not grad_only):
+                    add(p)
+                    push(p)
+    return sorted(seen, key=_creation_order)
+
+
+def _creation_order(t):
+    ctx = t._ctx
+    return -1 if ctx is None else ctx.seq
 
 
 def unbroadcast(g, shape, op_name):
@@ -124,7 +132,11 @@ def unbroadcast(g, shape, op_name):
     if extra >= 0:
         axes = tuple(range(extra)) + tuple(
             i + extra for i, n in enumerate(shape) if n == 1 and g.shape[i + extra] != 1)
-        g = g.sum(axis=axes, keepdims=True).reshape(shape) if axes else g.reshape(shape)
+        if axes:
+            # ufunc.reduce skips the Python layer of ndarray.sum; Tensors use their method
+            g = _add_reduce(g, axes, None, None, True) if type(g) is np.ndarray \
+                else g.sum(axis=axes, keepdims=True)
+        g = g.reshape(shape)
     if g.shape != shape:
         raise RuntimeError(f"backward of '{op_name}' produced a gradient of shape {g.shape} "
                            f"for an input of shape {shape}")
@@ -175,15 +187,21 @@ def backward(root, grad, retain_graph=False):
 
 
 def _accumulate(t, g, handed_out):
-    """Add ``g`` into ``t.grad``, always as an array no other tensor or caller holds."""
+    """Add ``g`` into ``t.grad``, always as an array no other tensor or caller holds.
+
+    ``handed_out`` holds the ids of the buffers already stored in some ``.grad`` in this pass.
+    A writeable result of a derivative rule (or a view of one, like a transposed matmul result)
+    whose buffer is not among them is taken as it is; anything else is copied.
+    """
     if t.grad is not None:
         arr = t.grad.data + g
-    elif (type(g) is np.ndarray and g.base is None and g.flags.writeable
-          and id(g) not in handed_out):
-        arr = g  # a fresh result of a derivative rule: take it without copying
     else:
-        arr = np.array(g, dtype=t.data.dtype)
+        owner = g if type(g) is not np.ndarray or g.base is None else g.base
+        if type(g) is np.ndarray and g.flags.writeable and id(owner) not in handed_out:
+            arr = g
+        else:
+            arr = np.array(g, dtype=t.data.dtype)
     if arr.dtype != t.data.dtype:
         arr = arr.astype(t.data.dtype)
-    handed_out.add(id(arr))
+    handed_out.add(id(arr if arr.base is None else arr.base))
     t.grad = t._wrap(arr)  # always a plain Tensor, also for a Parameter

@@ -35,9 +35,16 @@ class Op:
 
 def expand(g, shape):
     """Broadcast ``g`` to ``shape`` without copying (a read-only view for arrays)."""
-    if isinstance(g, np.ndarray):
-        return np.broadcast_to(g, shape)
-    return g.expand(shape)
+    if type(g) is not np.ndarray:
+        return g.expand(shape)
+    if g.ndim == len(shape) and g.flags.c_contiguous:
+        # np.broadcast_to costs ~2 µs of Python; a zero-stride view of the same buffer is direct.
+        strides = tuple(0 if n == 1 else s for n, s in zip(g.shape, g.strides))
+        if all(n == 1 or n == m for n, m in zip(g.shape, shape)):
+            view = np.ndarray(shape, g.dtype, g, 0, strides)
+            view.flags.writeable = False
+            return view
+    return np.broadcast_to(g, shape)
 
 
 def scatter_add(g, index, shape):
@@ -135,10 +142,14 @@ RELU = Op("relu", lambda x: np.maximum(x, 0),
 
 
 def _sigmoid(x):
-    # exp of non-positive numbers only: no overflow for large |x|, full precision in both tails.
-    e = np.exp(-np.abs(x))
-    r = 1 / (1 + e)
-    return np.where(x >= 0, r, e * r)
+    # 1 / (1 + exp(-x)) keeps full precision in both tails; exp overflows to inf for x << 0,
+    # which gives the right limit 0, so that warning is silenced.
+    with np.errstate(over="ignore"):
+        e = np.exp(-x)
+    if type(e) is not np.ndarray:  # numpy returns a scalar for 0-d input
+        return 1 / (1 + e)
+    e += 1
+    return np.reciprocal(e, out=e)
 
 
 SIGMOID = Op("sigmoid", _sigmoid,
@@ -164,10 +175,12 @@ def _count(shape, axis):
     return n
 
 
-SUM = Op("sum", lambda x, axis, keepdims: x.sum(axis=axis, keepdims=keepdims),
+SUM = Op("sum", lambda x, axis, keepdims: np.add.reduce(x, axis, None, None, keepdims),
          lambda g, out, x, axis, keepdims: expand(_reduced_grad(g, x, axis, keepdims), x.shape))
 
-MEAN = Op("mean", lambda x, axis, keepdims: x.mean(axis=axis, keepdims=keepdims),
+# sum / n: the same number as ndarray.mean, without its Python-level dtype bookkeeping.
+MEAN = Op("mean", lambda x, axis, keepdims: np.add.reduce(x, axis, None, None, keepdims)
+          / _count(x.shape, axis),
           lambda g, out, x, axis, keepdims: expand(
               _reduced_grad(g, x, axis, keepdims) / _count(x.shape, axis), x.shape))
 

@@ -317,7 +317,7 @@ def _const(x, like):
     if isinstance(x, Tensor):
         return x
     if type(x) is float or type(x) is int:  # the common case, before the slower ABC checks
-        return Tensor._wrap(np.array(x, dtype=like.data.dtype))
+        return _scalar(x, like.data.dtype)
     if isinstance(x, np.ndarray):
         if x.dtype.kind not in "fiub":
             raise TypeError(f"cannot combine a Tensor with an array of dtype {x.dtype}")
@@ -327,6 +327,23 @@ def _const(x, like):
     if isinstance(x, (list, tuple)):
         return Tensor(x, dtype=like.data.dtype)
     raise TypeError(f"cannot combine a Tensor with {_describe(x)}")
+
+
+# Scalar constants are shared between graphs: they never change and never get a gradient, and
+# not allocating one per operation keeps the garbage collector away from long graphs.
+_SCALARS = {}
+
+
+def _scalar(x, dtype):
+    key = (x, dtype)
+    t = _SCALARS.get(key)
+    if t is None:
+        t = Tensor._wrap(np.array(x, dtype=dtype))
+        if x != 0:  # 0.0 == -0.0 as keys, but not as values
+            if len(_SCALARS) > 1024:
+                _SCALARS.clear()
+            _SCALARS[key] = t
+    return t
 
 
 def _data(x):

@@ -11,15 +11,18 @@ candidates of a round ran within milliseconds of each other, so a noisy neighbou
 cores shifts both and the ratio stays put.
 """
 import os
+import sys
 
-for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ[_var] = "1"
+# Read by OpenBLAS/OpenMP when they load, so only useful before numpy is imported (entry scripts);
+# imported later (e.g. from the tests) it leaves the environment alone and pin_threads() does it.
+if "numpy" not in sys.modules:
+    for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[_var] = "1"
 
 import gc  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
 import statistics  # noqa: E402
-import sys  # noqa: E402
 import time  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -34,24 +37,38 @@ _limiter = None
 def pin_threads():
     """Limit BLAS, OpenMP and PyTorch to one thread for the rest of the process."""
     global _limiter
+    optional_torch()  # first, so threadpoolctl also sees the OpenMP runtime torch loads
     if _limiter is None:
         try:
             from threadpoolctl import threadpool_limits
             _limiter = threadpool_limits(limits=1)
         except ImportError:  # the environment variables above still apply
             _limiter = False
-    torch = optional_torch()
-    if torch is not None:
-        torch.set_num_threads(1)
 
 
-def optional_torch():
-    """PyTorch if installed (pinned to one thread), else None."""
+def unpin_threads():
+    """Undo ``pin_threads`` (for callers such as the test suite that run other work afterwards)."""
+    global _limiter
+    if _limiter:
+        _limiter.restore_original_limits()
+    _limiter = None
+    torch = optional_torch(pin=False)
+    if torch is not None and _torch_threads is not None:
+        torch.set_num_threads(_torch_threads)
+
+
+_torch_threads = None
+
+
+def optional_torch(pin=True):
+    """PyTorch if installed (pinned to one thread unless ``pin`` is false), else None."""
+    global _torch_threads
     try:
         import torch
     except ImportError:
         return None
-    if torch.get_num_threads() != 1:
+    if pin and torch.get_num_threads() != 1:
+        _torch_threads = _torch_threads or torch.get_num_threads()
         torch.set_num_threads(1)
     return torch
 

@@ -154,9 +154,9 @@ def format_report(report):
     """The report as the plain-text tables ``tinygrad-bn gradcheck`` prints."""
     s = report["settings"]
     out = [f"tinygrad-bn gradcheck: autodiff vs float64 central differences, eps={s['eps']:g}",
-           f"pass if |analytic - numeric| <= {s['atol']:g} + {s['rtol']:g}*|numeric|; inputs "
-           f"{s['dtype']}, seed {s['seed']}, checked on float64 copies;",
-           "outputs weighted by a fixed random upstream gradient (never .sum() alone)", ""]
+           f"pass if |analytic - numeric| <= {s['atol']:g} + {s['rtol']:g}*|numeric|",
+           f"inputs {s['dtype']} (seed {s['seed']}), checked on float64 copies; outputs weighted "
+           f"by a fixed random", "upstream gradient (never .sum() alone)", ""]
     out += _primitive_table(report["primitives"])
     out += [""] + _batch_norm_table(report["batch_norm"], s)
     out += [""] + _sweep_table(report["eps_sweep"], s["shape"])
@@ -253,7 +253,7 @@ def _sweep_table(rows, shape):
             "float64 bottoms out",
             "   near eps = 1e-5..1e-6 (gradcheck's default is 1e-6); float32 never gets close,",
             "   so every check runs in float64.",
-            "   (step lost: x + eps rounds back to x in float32.)"]
+            "   (step lost: x + eps rounds back to x in float32 for some elements.)"]
     return out
 
 

@@ -184,8 +184,8 @@ def gradcheck_report(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, *, seed=0, upst
                          f"got eps={eps}, atol={atol}, rtol={rtol}")
     arrays, checked, names, notes = _prepare(inputs)
     # The analytic pass: fresh float64 Tensors over copies (nothing recorded on the caller's).
-    tensors = [Tensor(a.copy(), requires_grad=c, name=n)
-               for a, c, n in zip(arrays, checked, names)]
+    tensors = [Tensor(a.copy(), requires_grad=c, name=getattr(x, "name", None))
+               for a, c, x in zip(arrays, checked, _as_list(inputs))]
     out = fn(*tensors)
     u = default_upstream(getattr(out, "shape", ()), seed) if upstream is None else upstream
     _check_output(out, u)
@@ -228,14 +228,18 @@ def gradcheck_report(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, *, seed=0, upst
             warns.append(_vacuous_message(names[k], r["max_abs_grad"], atol))
         results.append(r)
     return {"passed": all(r["passed"] for r in results), "eps": eps, "atol": atol, "rtol": rtol,
-            "dtype": "float64", "output_shape": list(u.shape), "upstream_seed": seed,
-            "full_jacobian": full, "notes": notes, "warnings": warns, "inputs": results}
+            "dtype": "float64", "output_shape": list(u.shape),
+            "upstream_seed": seed if upstream is None else None, "full_jacobian": full,
+            "notes": notes, "warnings": warns, "inputs": results}
+
+
+def _as_list(inputs):
+    return [inputs] if isinstance(inputs, (Tensor, np.ndarray)) else list(inputs)
 
 
 def _prepare(inputs):
     """float64 copies of the inputs, which ones to check, their names, and notes on dtypes."""
-    if isinstance(inputs, (Tensor, np.ndarray)):
-        inputs = [inputs]
+    inputs = _as_list(inputs)
     arrays, checked, names, notes = [], [], [], []
     for k, x in enumerate(inputs):
         if isinstance(x, Tensor):

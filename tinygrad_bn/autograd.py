@@ -153,12 +153,16 @@ def backward(root, grad, retain_graph=False):
     """
     order = toposort(root)
     grads = {root: grad}
-    handed_out = set()  # arrays stored in some .grad during this pass: never store one twice
+    # Tensors whose entry in ``grads`` is an array only this pass holds (a fresh result of a
+    # derivative rule): further contributions are added into it in place, saving an allocation.
+    owned = set()
+    handed_out = set()  # buffers stored in some .grad during this pass: never store one twice
     while order:
         t = order.pop()
         g = grads.pop(t, None)
         if g is None:
             continue
+        owned.discard(t)
         ctx = t._ctx
         if ctx is FREED:
             raise RuntimeError(
@@ -181,7 +185,16 @@ def backward(root, grad, retain_graph=False):
             if pg.dtype != pdata.dtype:
                 pg = pg.astype(pdata.dtype)
             prev = grads.get(p)
-            grads[p] = pg if prev is None else prev + pg
+            if prev is None:
+                grads[p] = pg
+                if pg is not g and type(pg) is np.ndarray and pg.base is None:
+                    owned.add(p)
+            elif p in owned:
+                prev += pg
+            else:
+                grads[p] = prev + pg
+                if type(prev) is np.ndarray:
+                    owned.add(p)
         if not retain_graph:
             t._ctx = FREED
 

@@ -125,7 +125,8 @@ NEG = Op("neg", lambda x: -x,
 
 # z = x ** p for a constant p, kept as an attribute so the graph can show it.
 POW_SCALAR = Op("pow_scalar", lambda x, exponent: x ** exponent,
-                lambda g, out, x, exponent: g * exponent * x ** (exponent - 1))
+                lambda g, out, x, exponent: g * (x * 2) if exponent == 2  # the common square
+                else g * exponent * x ** (exponent - 1))
 
 SQRT = Op("sqrt", np.sqrt,
           lambda g, out, x: g / (out * 2))

@@ -53,7 +53,11 @@ class SGD(Optimizer):
                 buf *= self.momentum
                 buf += (1 - self.dampening) * grad
             grad = grad + self.momentum * buf if self.nesterov else buf
-        p.data -= self.lr * grad
+        step = state.get("scratch")  # reused every step: no allocation per parameter
+        if step is None or step.shape != grad.shape or step.dtype != p.data.dtype:
+            step = state["scratch"] = np.empty_like(p.data)
+        np.multiply(grad, self.lr, out=step, casting="unsafe")
+        p.data -= step
 
 
 class Adam(Optimizer):

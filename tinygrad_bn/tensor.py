@@ -294,21 +294,26 @@ class Tensor:
 # ---- helpers: the one place ops are applied ----
 
 _new = object.__new__
+_record = autograd.record
 
 
 def _apply(op, *inputs, **attrs):
     """Run ``op``'s numpy forward and record it in the graph (``autograd.record`` decides)."""
     try:
-        out = op.forward(*[t.data for t in inputs], **attrs)
+        # Spelled out for one and two inputs: this line runs for every operation.
+        if len(inputs) == 2:
+            out = op.forward(inputs[0].data, inputs[1].data, **attrs)
+        else:
+            out = op.forward(*[t.data for t in inputs], **attrs)
     except ValueError as e:
         shapes = " and ".join(str(t.shape) for t in inputs)
         raise ValueError(f"{op.name}: cannot apply to shapes {shapes}: {e}") from None
     if type(out) is not np.ndarray:
         out = np.asarray(out)  # numpy returns scalars for 0-d results
-    t = Tensor._wrap(out)
-    ctx = autograd.record(op, inputs, attrs)
-    if ctx is not None:
-        t._ctx, t.requires_grad = ctx, True
+    t = _new(Tensor)
+    t.data, t.grad, t._retains_grad, t.name = out, None, False, None
+    ctx = _record(op, inputs, attrs)
+    t._ctx, t.requires_grad = ctx, ctx is not None
     return t
 
 

@@ -41,10 +41,8 @@ class Module:
             self._modules[name] = value
         elif name in self.__dict__.get("_buffer_names", ()):
             self._buffers[name] = value
-        else:
-            object.__setattr__(self, name, value)
-            return
-        self.__dict__.pop(name, None)
+        # Also an ordinary attribute, so reading self.weight in forward is a plain lookup.
+        object.__setattr__(self, name, value)
 
     def __getattr__(self, name):
         # Called only when normal lookup fails: parameters, buffers and children live in tables.

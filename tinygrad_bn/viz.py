@@ -211,6 +211,7 @@ class _Graph:
         self.scope = {t: self._scope(t) for t in order}
         self.short = {}  # a short display name for every tensor, used in the backward labels
         self.derived = {}  # a name made from the op and its inputs' names, when short enough
+        self.fallback = set()  # tensors known only as "op #k"
         counters = {}
         for t in order:
             self.short[t] = self._short_name(t, counters)
@@ -285,10 +286,14 @@ class _Graph:
         counters[ctx.op.name] = k = counters.get(ctx.op.name, 0) + 1
         if t.name:
             return _lhs(t.name)
-        derived = _derive(ctx, [self.short[p] for p in ctx.inputs])
+        if any(p in self.fallback for p in ctx.inputs):
+            derived = None  # "exp(add #10)" says no more than the op line does
+        else:
+            derived = _derive(ctx, [self.short[p] for p in ctx.inputs])
         if derived is not None and len(derived) <= 28:
             self.derived[t] = derived
             return derived
+        self.fallback.add(t)
         return f"{ctx.op.name} #{k}"
 
 
@@ -339,9 +344,12 @@ def _number(a):
     return f"{np.asarray(a).item():.4g}"
 
 
+def _shape_only(t):
+    return "scalar" if t.ndim == 0 else "(" + ", ".join(str(n) for n in t.shape) + ")"
+
+
 def _shape_text(t):
-    shape = "scalar" if t.ndim == 0 else "(" + ", ".join(str(n) for n in t.shape) + ")"
-    return f"{shape} {t.dtype}"
+    return f"{_shape_only(t)} {t.dtype}"
 
 
 def _op_text(ctx):
@@ -744,8 +752,10 @@ def _module_labels(g, items):
     first = {}
     for n in items.nodes:
         t = n["tensor"]
+        if t is None or t._ctx is None:
+            continue  # parameters are leaves of depth 0 in every layer: they cannot order them
         for m in n["scope"]:
-            rank = (g.depth[t], g.index[t]) if t is not None else (1 << 62, 0)
+            rank = (g.depth[t], g.index[t])
             first[m] = min(first.get(m, rank), rank)
     labels, counts = {}, {}
     for m in sorted(first, key=first.get):
@@ -801,7 +811,9 @@ def _box_label(g, label, members, direction, show_grad):
     member_ids = {n["id"] for n in members}
     params = [n["tensor"] for n in members
               if n["tensor"] is not None and g.kind[n["tensor"]] == "parameter"]
-    lines = [", ".join(f"{g.param_names.get(p) or 'parameter'} {_shape_text(p).split()[0]}"
+    known = list(g.param_names)  # the model's own order: weight before bias
+    params.sort(key=lambda p: known.index(p) if p in g.param_names else len(known))
+    lines = [", ".join(f"{g.param_names.get(p) or 'parameter'} {_shape_only(p)}"
                        for p in params)] if params else []
     outs = [n["tensor"] for n in members if n["tensor"] is not None
             and n["tensor"]._ctx is not None

@@ -1,0 +1,205 @@
+"""The graph renderer: DOT text, rendering with the real dot binary, big graphs, the CLI."""
+import re
+import shutil
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import pytest
+
+from tinygrad_bn import Tensor, nn, viz
+from tinygrad_bn.cli import main as cli_main
+
+needs_dot = pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz 'dot' not installed")
+
+# The primitive ops of training-mode batch norm on (N, C) input, with the paper's names.
+BN_STEPS = [("μ_B", "mean", "(1, 3)"), ("x − μ_B", "sub", "(8, 3)"),
+            ("(x − μ_B)²", "pow", "(8, 3)"), ("σ²_B", "mean", "(1, 3)"),
+            ("σ²_B + ε", "add", "(1, 3)"), ("√(σ²_B + ε)", "sqrt", "(1, 3)"),
+            ("x̂", "div", "(8, 3)"), ("γ·x̂", "mul", "(8, 3)"), ("y = γ·x̂ + β", "add", "(8, 3)")]
+
+
+def plain(label):
+    """A node's HTML label as plain text (μ<SUB>B</SUB> back to μ_B)."""
+    return re.sub(r"<[^>]*>", " ", label.replace("<SUB>", "_").replace("</SUB>", ""))
+
+
+def nodes(dot_text):
+    """node id -> plain label text, for the node statements of DOT text."""
+    found = {}
+    for m in re.finditer(r"^\s*(\w+) \[label=<(.*)> \w+=.*\]$", dot_text, re.M):
+        found[m.group(1)] = plain(m.group(2))
+    return found
+
+
+def bn_graph(grad=True, loss="mse"):
+    rng = np.random.default_rng(0)
+    bn = nn.BatchNorm1d(3)
+    bn.weight.data = rng.uniform(0.5, 1.5, 3).astype(np.float32)
+    x = Tensor(rng.normal(1, 2, (8, 3)).astype(np.float32), requires_grad=True, name="x")
+    y = bn(x)
+    target = rng.normal(0, 1, (8, 3)).astype(np.float32)
+    out = ((y - target) ** 2).mean() if loss == "mse" else y.sum()
+    if grad:
+        viz.capture_grads(out)
+    return bn, x, y, out
+
+
+def test_one_node_per_batch_norm_primitive_with_paper_labels_and_shapes():
+    bn, _, _, out = bn_graph(grad=False)
+    labels = list(nodes(viz.to_dot(out, dict(bn.named_parameters(prefix="bn")))).values())
+    for name, op, shape in BN_STEPS:
+        hits = [s for s in labels if re.search(rf"(^|\s){re.escape(name)}\s+{op}\b", s)]
+        assert len(hits) == 1, (name, hits)
+        assert f"{shape} float32" in hits[0]
+    assert any("axis=0  keepdims" in s for s in labels)
+    assert any("exponent=2" in s for s in labels)
+
+
+def test_leaves_named_by_parameters_inputs_and_constants():
+    bn, _, _, out = bn_graph(grad=False)
+    text = " | ".join(nodes(viz.to_dot(out, bn)).values())
+    assert "weight  (γ)" in text and "bias  (β)" in text and "(3) float32" in text
+    assert "x (8, 3) float32" in " ".join(text.split())
+    assert "ε = 1e-05" in text
+    text = " | ".join(nodes(viz.to_dot(out, {"1.weight": bn.weight})).values())
+    assert "1.weight  (γ)" in text
+    with pytest.raises(TypeError, match="named_parameters"):
+        viz.to_dot(out, ["not", "params"])
+
+
+def test_clusters_colours_and_legend():
+    bn, _, _, out = bn_graph(grad=False)
+    dot = viz.to_dot(out, bn)
+    assert "subgraph cluster_BatchNorm1d_1" in dot and "BatchNorm1d 1" in dot
+    for kind in ("parameter", "input", "const", "output"):
+        assert viz.COLORS[kind] in dot
+    assert "legend" in dot
+
+
+def test_gradient_summaries_after_backward():
+    bn, x, _, out = bn_graph(grad=True)
+    labels = nodes(viz.to_dot(out, bn, show_grad=True))
+    xhat = next(s for s in labels.values() if re.search(r"(^|\s)x̂\s+div", s))
+    assert re.search(r"value\s+mean \S+\s+std 1\b", xhat)  # x̂ is normalized per feature
+    assert re.search(r"grad\s+mean \S+\s+std \S+\s+min \S+\s+max \S+", xhat)
+    loss = next(s for s in labels.values() if "scalar float32" in s)
+    assert re.search(r"grad\s+1\b", loss)  # scalars show the number itself
+    g = x.grad.data
+    assert f"min {g.min():.3g}" in " ".join(labels.values())
+
+
+def test_show_grad_without_gradients_says_what_to_do():
+    _, _, _, out = bn_graph(grad=False)
+    with pytest.raises(ValueError, match="capture_grads"):
+        viz.to_dot(out, show_grad=True)
+    out.backward()  # releases the graph
+    with pytest.raises(RuntimeError, match="retain_graph=True"):
+        viz.to_dot(out)
+
+
+def test_zero_gradient_edges_are_highlighted():
+    # Σ x̂ = 0 over the batch, so for L = sum(y): ∂L/∂√(σ²+ε) = -Σ γ·x̂/√(σ²+ε) = 0 and
+    # ∂L/∂γ = Σ x̂ = 0. Both edges carry (up to float32 rounding) no gradient.
+    bn, _, _, out = bn_graph(grad=True, loss="sum")
+    dot = viz.to_dot(out, bn, show_grad=True)
+    ids = {text.split("  ")[0].strip(): nid for nid, text in nodes(dot).items()}
+    zero_edges = re.findall(rf"(\w+) -> (\w+) \[[^\]]*color=\"{viz.ZERO_EDGE}\"", dot)
+    assert sorted(zero_edges) == sorted([(ids["√(σ²_B + ε)"], ids["x̂"]),
+                                         (ids["weight"], ids["γ·x̂"])])
+    # with an mse loss no edge is zero
+    bn, _, _, out = bn_graph(grad=True, loss="mse")
+    assert viz.ZERO_EDGE + '" penwidth' not in viz.to_dot(out, bn, show_grad=True)
+
+
+def test_show_data_prints_values():
+    a = Tensor(np.array([1.5, -2.25]), requires_grad=True, name="a")
+    dot = viz.to_dot((a * 2).sum(), show_data=True)
+    assert "[ 1.5  -2.25]" in dot
+
+
+def test_backward_view_lists_local_derivatives_in_engine_order():
+    bn, _, _, out = bn_graph(grad=True)
+    text = " | ".join(nodes(viz.to_dot(out, bn, direction="backward", show_grad=True)).values())
+    steps = {rule: int(k) for k, rule in re.findall(r"(\d+)\. ([^|]+?)\s*\|", text + " |")}
+    assert "·γ" in steps and "÷√(σ²_B + ε)" in steps
+    assert "·x̂, sum over batch" in steps
+    assert steps["·γ"] < steps["÷(2·√(σ²_B + ε))"] < steps["÷8, copy to every row"]
+    assert "∂L/∂x" in text and "Σ of 2 contributions" in text
+    with pytest.raises(ValueError, match="direction"):
+        viz.to_dot(out, direction="sideways")
+
+
+def test_collapse_keeps_the_chosen_batch_norm_expanded():
+    np.random.seed(0)
+    net = nn.Sequential(nn.Linear(6, 5), nn.BatchNorm1d(5), nn.Sigmoid(),
+                        nn.Linear(5, 5), nn.BatchNorm1d(5), nn.Sigmoid(), nn.Linear(5, 2))
+    x = Tensor(np.random.randn(4, 6).astype(np.float32), name="x")
+    out = net(x).sum()
+    dot = viz.to_dot(out, net, collapse=True, expand="BatchNorm1d 2")
+    boxes = [s for s in nodes(dot).values() if "Linear" in s or "BatchNorm1d" in s]
+    assert any("Linear 1  [0]" in s and "0.weight (5, 6)" in s for s in boxes)
+    assert any("BatchNorm1d 1  [1]" in s for s in boxes)
+    assert "cluster_BatchNorm1d_2" in dot and "cluster_BatchNorm1d_1" not in dot
+    assert dot.count("σ²") >= 3 and "4.weight  (γ)" in dot  # only the second BN is open
+    assert "cluster_Sequential" not in dot
+    with pytest.raises(ValueError, match="BatchNorm1d 1"):
+        viz.to_dot(out, net, collapse=True, expand="BatchNorm1d 9")
+
+
+def test_ten_thousand_node_chain():
+    x = Tensor(np.ones(3), requires_grad=True, name="x")
+    y = x
+    for _ in range(10_000):
+        y = y * 1.0001
+    dot = viz.to_dot(y)
+    # the tensors, one node per use of the shared constant, the legend
+    assert dot.count("label=<") == 10_001 + 10_000 + 1
+    assert dot.count("->") == 20_000
+
+
+@needs_dot
+def test_renders_valid_svg_png_pdf_and_dot(tmp_path):
+    bn, _, _, out = bn_graph(grad=True)
+    svg = viz.render(out, tmp_path / "g.svg", bn, show_grad=True)
+    root = ET.parse(svg).getroot()
+    assert root.tag.endswith("svg")
+    assert "μ" in open(svg, encoding="utf-8").read()
+    png = viz.render(out, tmp_path / "g.png", bn)
+    assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    assert open(viz.render(out, tmp_path / "g.pdf"), "rb").read(5) == b"%PDF-"
+    assert "digraph" in open(viz.render(out, tmp_path / "g.dot"), encoding="utf-8").read()
+    assert hasattr(viz.draw(out), "_repr_mimebundle_")  # shows inline in Jupyter
+    with pytest.raises(ValueError, match="suffix"):
+        viz.render(out, tmp_path / "g.jpeg2000")
+
+
+@needs_dot
+def test_render_batchnorm_graph_both_models_and_directions(tmp_path):
+    for model in ("bn", "mlp"):
+        for backward in (False, True):
+            path = viz.render_batchnorm_graph(tmp_path / f"{model}{backward}.svg", model=model,
+                                              backward=backward)
+            assert ET.parse(path).getroot().tag.endswith("svg")
+
+
+def test_missing_dot_binary_explains_and_writes_dot(tmp_path, monkeypatch):
+    _, _, _, out = bn_graph(grad=False)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(viz.GraphvizNotFoundError) as err:
+        viz.render(out, tmp_path / "g.svg")
+    message = str(err.value)
+    assert "apt-get install graphviz" in message and "brew install graphviz" in message
+    assert str(tmp_path / "g.dot") in message
+    assert "digraph" in (tmp_path / "g.dot").read_text(encoding="utf-8")
+    assert "digraph" in viz.to_dot(out)  # DOT text needs no binary
+    assert cli_main(["graph", "--out", str(tmp_path / "c.png")]) == 1
+
+
+@needs_dot
+def test_cli_graph(tmp_path, capsys):
+    out = tmp_path / "bn_graph.svg"
+    assert cli_main(["graph", "--out", str(out)]) == 0
+    assert ET.parse(out).getroot().tag.endswith("svg") and "wrote" in capsys.readouterr().out
+    assert cli_main(["graph", "--model", "mlp", "--backward", "--no-grad",
+                     "--out", str(tmp_path / "m.png")]) == 0
+    assert cli_main(["graph", "--out", str(tmp_path / "x.txt")]) == 2

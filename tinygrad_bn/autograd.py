@@ -143,14 +143,24 @@ def unbroadcast(g, shape, op_name):
     return g
 
 
-def backward(root, grad, retain_graph=False):
+def backward(root, grad, retain_graph=False, create_graph=False):
     """Reverse-mode pass from ``root`` with upstream gradient ``grad`` (an array of root's shape).
 
     Gradients of intermediates live in a local dict and are dropped once used; leaf gradients
     (and those of tensors that called ``retain_grad()``) are accumulated into ``.grad`` as new
     arrays. Unless ``retain_graph``, each node's record is released as soon as its derivative
     has run, so saved arrays are freed during the pass rather than after it.
+
+    With ``create_graph`` the derivative rules run on Tensors instead of arrays, so the
+    gradients are themselves recorded and can be differentiated again (higher order).
     """
+    if create_graph:
+        with enable_grad():
+            return _backward(root, root._wrap(grad), True, True)
+    return _backward(root, grad, retain_graph, False)
+
+
+def _backward(root, grad, retain_graph, create_graph):
     order = toposort(root)
     grads = {root: grad}
     # Tensors whose entry in ``grads`` is an array only this pass holds (a fresh result of a
@@ -170,19 +180,22 @@ def backward(root, grad, retain_graph=False):
                 "backward(); call backward(retain_graph=True) the first time if you need a "
                 "second pass")
         if ctx is None or t._retains_grad:
-            _accumulate(t, g, handed_out)
+            if create_graph:
+                t.grad = g if t.grad is None else t.grad + g
+            else:
+                _accumulate(t, g, handed_out)
         if ctx is None:
             continue
-        arrays = [p.data for p in ctx.inputs]
-        out = t.data
-        for p, vjp in zip(ctx.inputs, ctx.op.vjps):
+        inputs = ctx.inputs
+        arrays, out = (inputs, t) if create_graph else ([p.data for p in inputs], t.data)
+        for p, vjp in zip(inputs, ctx.op.vjps):
             if not p.requires_grad:
                 continue
             pg = vjp(g, out, *arrays, **ctx.attrs)
             pdata = p.data
             if pg.shape != pdata.shape:
                 pg = unbroadcast(pg, pdata.shape, ctx.op.name)
-            if pg.dtype != pdata.dtype:
+            if pg.dtype != pdata.dtype and type(pg) is np.ndarray:
                 pg = pg.astype(pdata.dtype)
             prev = grads.get(p)
             if prev is None:

@@ -41,7 +41,11 @@ def main(argv=None):
     if args.command is None:
         parser.print_help()
         return 2
-    return commands[args.command].run(args) or 0
+    try:
+        return commands[args.command].run(args) or 0
+    except BrokenPipeError:  # e.g. `tinygrad-bn gradcheck | head`: the reader left, not an error
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

@@ -110,11 +110,13 @@ class Tensor:
         return f"Tensor({body}, dtype={self.dtype}{extra})"
 
     # ---- autodiff ----
-    def backward(self, gradient=None, retain_graph=False):
+    def backward(self, gradient=None, retain_graph=False, create_graph=False):
         """Accumulate d(self)/d(leaf) into every leaf's ``.grad``.
 
         ``gradient`` is the upstream gradient (same shape as ``self``); it may be left out only
-        for a single-element tensor, where it is 1.
+        for a single-element tensor, where it is 1. ``retain_graph`` keeps the graph for another
+        backward; ``create_graph`` records the backward pass too, so ``.grad`` can be
+        differentiated again.
         """
         if not self.requires_grad:
             raise RuntimeError("backward() on a tensor that does not require grad: no input of "
@@ -132,7 +134,7 @@ class Tensor:
             if grad.shape != self.shape:
                 raise ValueError(f"backward() gradient has shape {grad.shape}, "
                                  f"but the tensor has shape {self.shape}")
-        autograd.backward(self, grad, retain_graph)
+        autograd.backward(self, grad, retain_graph, create_graph)
 
     # ---- elementwise arithmetic (numpy broadcasting) ----
     def __add__(self, other):
@@ -286,9 +288,10 @@ class Tensor:
     def __getitem__(self, index):
         return _apply(ops.GETITEM, self, index=_index_arg(index))
 
-    # The derivative rules call these when they run on Tensors (higher-order gradients).
+    # The derivative rules call this when they run on Tensors (create_graph=True).
     def scatter_add(self, index, shape):
-        raise NotImplementedError("scatter_add on Tensors (higher-order gradients of indexing)")
+        raise NotImplementedError("higher-order gradients through indexing (x[index]) are not "
+                                  "supported yet; use create_graph=False for graphs with indexing")
 
 
 # ---- helpers: the one place ops are applied ----

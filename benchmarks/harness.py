@@ -84,6 +84,7 @@ def machine_info():
         "torch": None,
         "blas": [],
         "env": {v: os.environ.get(v) for v in SLOW_BLAS_VARS + ("OPENBLAS_NUM_THREADS",)},
+        "commit": _git_commit(),
     }
     torch = optional_torch()
     if torch is not None:
@@ -97,6 +98,20 @@ def machine_info():
     except ImportError:
         info["blas"].append({"note": "threadpoolctl not installed"})
     return info
+
+
+def _git_commit():
+    """The checkout's commit, with "+changes" if tinygrad_bn/ has uncommitted edits, or None."""
+    import subprocess
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, text=True,
+                              capture_output=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "tinygrad_bn"], cwd=root,
+                               text=True, capture_output=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (head + ("+changes" if dirty else "")) or None
 
 
 def _cpu_model():
@@ -113,7 +128,8 @@ def _cpu_model():
 def describe_machine(info):
     """A few lines for the top of a printed table."""
     lines = [f"machine: {info['cpu']}, {info['cpus']} cpus, {info['platform']}",
-             f"python {info['python']}, numpy {info['numpy']}, torch {info['torch'] or 'absent'}"]
+             f"python {info['python']}, numpy {info['numpy']}, torch {info['torch'] or 'absent'}, "
+             f"tinygrad_bn at {info['commit'] or 'unknown commit'}"]
     for pool in info["blas"]:
         if pool.get("user_api") == "blas":
             lines.append(f"BLAS: {pool['internal_api']} {pool['version']}, kernel/coretype "

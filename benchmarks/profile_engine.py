@@ -17,7 +17,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_overhead  # noqa: E402
 import bench_step  # noqa: E402
-import harness  # noqa: E402  (sets the BLAS thread variables before numpy loads)
+import harness  # noqa: E402  (the bench modules import it before numpy)
 import numpy as np  # noqa: E402
 
 import tinygrad_bn.nn.functional as F  # noqa: E402

@@ -454,15 +454,17 @@ def _is_zero(edge_grad):
 # ---- the two views, as items for the emitter ----
 
 class _Items:
-    """Nodes (id, label, attrs, scope, tensor, absorb) and edges (src, dst, flags) to emit."""
+    """Nodes (id, label, fill, scope, tensor, attrs) and edges (src, dst, flags) to emit.
+
+    A node sits in the clusters of its scope; with collapse it folds into its layer's box."""
 
     def __init__(self):
         self.nodes, self.edges = [], []
         self.legend = []  # (text, fill colour) rows
 
-    def node(self, nid, label, fill, scope, tensor=None, absorb=False, **attrs):
+    def node(self, nid, label, fill, scope, tensor=None, **attrs):
         self.nodes.append(dict(id=nid, label=label, fill=fill, scope=scope, tensor=tensor,
-                               absorb=absorb, attrs=attrs))
+                               attrs=attrs))
 
     def edge(self, src, dst, zero=False, no_grad=False):
         self.edges.append((src, dst, zero, no_grad))
@@ -480,14 +482,14 @@ def _forward_items(g, show_grad, show_data):
                 cid = f"{nid}_{g.index[c]}"
                 lines = [_shape_text(t)] if t.data.size != 1 else []
                 items.node(cid, _html(g.leaf_title(t), lines, small=_grad_lines(
-                    t, False, show_data)), COLORS["const"], c._ctx.scope, t, absorb=True,
+                    t, False, show_data)), COLORS["const"], c._ctx.scope, t,
                     shape="box", style="filled,rounded", fontsize="10")
             continue
         if t._ctx is None:
             sym = g.paper_symbol(t)
             title = g.leaf_title(t) + (f"  ({sym})" if sym else "")
             items.node(nid, _html(title, [_shape_text(t)], small=small), COLORS[kind], g.scope[t],
-                       t, absorb=kind == "parameter", shape="box", style="filled,rounded")
+                       t, shape="box", style="filled,rounded")
             continue
         if t.name:
             title, style = t.name, "B"
@@ -529,7 +531,7 @@ def _backward_items(g, show_grad, show_data):
         small = _grad_lines(t, show_grad, show_data, value=False)
         scope = g.scope[t]
         items.node(f"g{g.index[t]}", _html(f"∂L/∂{_wrap(g.short[t])}", lines, small=small),
-                   COLORS[kind], scope, t, absorb=t._ctx is None and kind == "parameter",
+                   COLORS[kind], scope, t,
                    shape="box", style="filled,rounded")
     step = 0
     for v in reversed(order):  # the order in which backward() pops them
@@ -813,25 +815,22 @@ def _resolve_expand(expand, labels, module_names):
 def _box_label(g, label, members, direction, show_grad):
     """A collapsed layer: its name, the parameters inside, the shape it produces."""
     text, _ = label
-    member_ids = {n["id"] for n in members}
-    params = [n["tensor"] for n in members
-              if n["tensor"] is not None and g.kind[n["tensor"]] == "parameter"]
+    inside = {n["tensor"] for n in members if n["tensor"] is not None}
+    params = [t for t in inside if g.kind[t] == "parameter"]
     known = list(g.param_names)  # the model's own order: weight before bias
     params.sort(key=lambda p: known.index(p) if p in g.param_names else len(known))
     lines = [", ".join(f"{g.param_names.get(p) or 'parameter'} {_shape_only(p)}"
                        for p in params)] if params else []
-    outs = [n["tensor"] for n in members if n["tensor"] is not None
-            and n["tensor"]._ctx is not None
-            and (n["tensor"] is g.root or any(f"{'t' if direction == 'forward' else 'g'}"
-                                              f"{g.index[c]}" not in member_ids
-                                              for c in g.consumers[n["tensor"]]))]
+    # what the layer hands on: its tensors used outside it (or the root)
+    outs = sorted((t for t in inside if t._ctx is not None and (
+        t is g.root or any(c not in inside for c in g.consumers[t]))), key=g.index.get)
     small = []
     if direction == "forward":
         for t in outs[:1]:
             lines.append("→ " + _shape_text(t))
             small = _grad_lines(t, show_grad, False)
     else:
-        steps = len([n for n in members if n["id"].startswith("r")])
+        steps = sum(1 for n in members if n["tensor"] is None)  # the rule nodes
         lines.append(f"{steps} derivative rules")
         for p in params:
             small += [(f"∂L/∂{g.param_names.get(p, 'parameter')}  {s}", c)

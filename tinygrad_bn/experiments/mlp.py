@@ -1,0 +1,182 @@
+"""Reusable pieces of the MLP experiments: build the network, train it, evaluate it, probe it.
+
+Everything returns numbers (dicts of lists and arrays); nothing here writes files or plots.
+"""
+import math
+import time
+
+import numpy as np
+
+from .. import nn, optim
+from ..autograd import no_grad
+from ..nn import functional as F
+from ..tensor import Tensor
+
+ACTIVATIONS = {"sigmoid": nn.Sigmoid, "relu": nn.ReLU, "tanh": nn.Tanh}
+
+
+def build_mlp(bn, hidden=(100, 100, 100), init_std=0.01, activation="sigmoid", n_in=784,
+              n_out=10, seed=0, bn_affine=True, dtype=np.float32):
+    """Linear → (BatchNorm1d) → activation per hidden layer, then Linear to the logits.
+
+    Weights ~ N(0, init_std²) and biases 0 (the paper's MNIST setup); ``init_std=None`` keeps
+    PyTorch's default U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights and biases instead. With
+    ``bn`` the hidden Linear layers have no bias: BN subtracts the batch mean, so a bias would
+    cancel and beta takes its place. ``bn_affine=False`` fixes gamma = 1, beta = 0.
+    """
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"build_mlp: activation must be one of {sorted(ACTIVATIONS)}, "
+                         f"got {activation!r}")
+    if init_std is not None and not init_std > 0:
+        raise ValueError(f"build_mlp: init_std must be positive (or None for PyTorch's default "
+                         f"init), got {init_std}")
+    rng = np.random.default_rng([seed, 0])  # stream 0 of this seed: weights (1 is batch order)
+    layers, fan_in = [], n_in
+    for width in hidden:
+        layers.append(_linear(fan_in, width, bias=not bn, init_std=init_std, rng=rng, dtype=dtype))
+        if bn:
+            layers.append(nn.BatchNorm1d(width, eps=1e-5, momentum=0.1, affine=bn_affine,
+                                         dtype=dtype))
+        layers.append(ACTIVATIONS[activation]())
+        fan_in = width
+    layers.append(_linear(fan_in, n_out, bias=True, init_std=init_std, rng=rng, dtype=dtype))
+    return nn.Sequential(*layers)
+
+
+def _linear(n_in, n_out, bias, init_std, rng, dtype):
+    layer = nn.Linear(n_in, n_out, bias=bias, dtype=dtype)
+    if init_std is None:
+        bound = 1 / math.sqrt(n_in)
+        layer.weight.data = rng.uniform(-bound, bound, (n_out, n_in)).astype(dtype)
+        if bias:
+            layer.bias.data = rng.uniform(-bound, bound, n_out).astype(dtype)
+    else:
+        layer.weight.data = rng.normal(0.0, init_std, (n_out, n_in)).astype(dtype)
+        if bias:
+            layer.bias.data = np.zeros(n_out, dtype=dtype)
+    return layer
+
+
+def evaluate(model, X, y, batch_size=10000):
+    """Accuracy of ``model`` on (X, y) in eval mode (population statistics), recording no graph."""
+    was_training = model.training
+    model.eval()
+    correct = 0
+    with no_grad():
+        for start in range(0, len(X), batch_size):
+            logits = model(Tensor(X[start:start + batch_size])).data
+            correct += int((logits.argmax(axis=1) == y[start:start + batch_size]).sum())
+    model.train(was_training)
+    return correct / len(X)
+
+
+def activation_inputs(model, X, layer=-1):
+    """The input to every unit of the ``layer``-th hidden activation, shape (len(X), units).
+
+    Batch-norm layers normalize with the statistics of X itself (as in training: gamma·x̂ + beta
+    with x̂ = (x - mean_X) / sqrt(var_X + eps)) and leave their running statistics untouched.
+    """
+    activations = [i for i, m in enumerate(model) if isinstance(m, tuple(ACTIVATIONS.values()))]
+    if not activations:
+        raise ValueError("activation_inputs: the model has no Sigmoid/ReLU/Tanh layer")
+    stop = activations[layer]
+    x = Tensor(X)
+    with no_grad():
+        for module in list(model)[:stop]:
+            if isinstance(module, nn.BatchNorm1d):
+                x = F.batch_norm(x, None, None, module.weight, module.bias, training=True,
+                                 eps=module.eps)
+            else:
+                x = module(x)
+    return x.data
+
+
+def steps_to_accuracy(steps, accuracies, threshold):
+    """The first evaluated step whose accuracy is >= threshold, or None if none is."""
+    for step, acc in zip(steps, accuracies):
+        if acc >= threshold:
+            return int(step)
+    return None
+
+
+def train_run(model, data, steps, lr, batch_size=60, eval_every=50, seed=0, optimizer=None,
+              probe_layer=-1, percentiles=(15, 50, 85), progress=False, label="",
+              stop_on_nan=True):
+    """Train ``model`` with minibatch SGD and evaluate it every ``eval_every`` steps (and at 0).
+
+    ``data`` = (X_train, y_train, X_test, y_test). Each epoch is a fresh permutation (stream 1 of
+    ``seed``) cut into batches of ``batch_size``; the last short batch is dropped. ``optimizer``
+    defaults to plain SGD with constant ``lr``. At every evaluation: test accuracy (eval mode),
+    the mean training loss since the previous evaluation, and the ``percentiles`` over the test
+    images of the input to each unit of hidden activation ``probe_layer``.
+
+    Returns {"steps", "test_acc", "train_loss" (None at step 0), "percentiles" (ndarray
+    (evals, len(percentiles), units)), "final_test_acc", "diverged", "seconds"}.
+    """
+    X_train, y_train, X_test, y_test = data
+    if len(X_train) < batch_size:
+        raise ValueError(f"train_run: {len(X_train)} training examples, fewer than one batch "
+                         f"of {batch_size}")
+    if eval_every < 1 or steps < 0:
+        raise ValueError(f"train_run: need steps >= 0 and eval_every >= 1, got {steps}, "
+                         f"{eval_every}")
+    rng = np.random.default_rng([seed, 1])
+    opt = optimizer if optimizer is not None else optim.SGD(model.parameters(), lr=lr)
+    batches_per_epoch = len(X_train) // batch_size
+    out = {"steps": [], "test_acc": [], "train_loss": [], "percentiles": []}
+    loss_sum, loss_count, diverged = 0.0, 0, False
+
+    def record(step):
+        out["steps"].append(step)
+        out["test_acc"].append(evaluate(model, X_test, y_test))
+        out["train_loss"].append(loss_sum / loss_count if loss_count else None)
+        inputs = activation_inputs(model, X_test, probe_layer)
+        out["percentiles"].append(np.percentile(inputs, percentiles, axis=0))
+
+    bar = _progress_bar(steps, label) if progress else None
+    start = time.perf_counter()
+    model.train()
+    record(0)
+    batch = batches_per_epoch  # start with a fresh permutation
+    for step in range(1, steps + 1):
+        if batch == batches_per_epoch:
+            order = rng.permutation(len(X_train))
+            # One gathered copy per epoch; the batches below are slices of it.
+            X_epoch, y_epoch = X_train[order], y_train[order]
+            batch = 0
+        lo = batch * batch_size
+        batch += 1
+        loss = F.cross_entropy(model(Tensor(X_epoch[lo:lo + batch_size])),
+                               y_epoch[lo:lo + batch_size])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        value = loss.item()
+        loss_sum += value
+        loss_count += 1
+        if bar is not None:
+            bar.update(1)
+        if not math.isfinite(value) and stop_on_nan:
+            diverged = True
+            record(step)
+            break
+        if step % eval_every == 0 or step == steps:
+            record(step)
+            loss_sum, loss_count = 0.0, 0
+            if bar is not None:
+                bar.set_postfix(loss=f"{out['train_loss'][-1]:.3f}",
+                                test_acc=f"{out['test_acc'][-1]:.4f}", refresh=False)
+    if bar is not None:
+        bar.close()
+    out["percentiles"] = np.asarray(out["percentiles"])
+    out["final_test_acc"] = out["test_acc"][-1]
+    out["diverged"] = diverged
+    out["seconds"] = time.perf_counter() - start
+    return out
+
+
+def _progress_bar(total, label):
+    from .optional import require
+    tqdm = require("tqdm", "the progress bar").tqdm
+    return tqdm(total=total, desc=label or "train", unit="step", mininterval=0.5,
+                dynamic_ncols=True, leave=True)

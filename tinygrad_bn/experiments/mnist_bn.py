@@ -1,0 +1,210 @@
+"""The batch-norm paper's MNIST experiment (Ioffe & Szegedy 2015, section 4.1 and Figure 1).
+
+784-100-100-100-10 sigmoid MLP with and without batch norm, weights N(0, 0.01²), plain SGD at a
+constant learning rate, batches of 60, several seeds. ``run_experiment`` returns every curve;
+``summarize``/``format_summary`` make the table; ``save_results`` writes the JSON.
+"""
+import json
+import os
+
+import numpy as np
+
+from .mlp import build_mlp, steps_to_accuracy, train_run
+
+SCHEMA = "tinygrad_bn.mnist_bn/1"
+VARIANTS = ("no_bn", "bn")
+VARIANT_LABELS = {"no_bn": "without BN", "bn": "with BN"}
+THRESHOLDS = (0.90, 0.95)
+PERCENTILES = (15, 50, 85)
+
+# The protocol per dataset: learning rate, steps (the paper's 50,000 on full MNIST).
+PRESETS = {
+    "mnist5k": {"lr": 2.0, "steps": 10_000},
+    "mnist": {"lr": 1.0, "steps": 50_000},
+    "fashion": {"lr": 1.0, "steps": 50_000},
+}
+DEFAULTS = {"hidden": (100, 100, 100), "init_std": 0.01, "activation": "sigmoid",
+            "batch_size": 60, "eval_every": 50, "seeds": (0, 1, 2)}
+
+# A PyTorch run of exactly this protocol (issue 6): mean ± sd over 3 seeds.
+PYTORCH_REFERENCE = {
+    "mnist5k": {"no_bn": {"final_acc": (0.906, 0.006), "steps_to_90": (2633, 351)},
+                "bn": {"final_acc": (0.935, 0.005), "steps_to_90": (667, 153)}},
+    "mnist": {"no_bn": {"final_acc": (0.9722, 0.0012), "steps_to_90": (4000, None)},
+              "bn": {"final_acc": (0.9804, 0.0011), "steps_to_90": (917, None)}},
+}
+
+
+def run_experiment(data, dataset="mnist5k", steps=None, lr=None, seeds=DEFAULTS["seeds"],
+                   variants=VARIANTS, eval_every=DEFAULTS["eval_every"],
+                   batch_size=DEFAULTS["batch_size"], hidden=DEFAULTS["hidden"],
+                   init_std=DEFAULTS["init_std"], activation=DEFAULTS["activation"],
+                   progress=True):
+    """Train every (variant, seed) pair on ``data`` and return {"schema", "config", "runs"}.
+
+    ``steps`` and ``lr`` default to ``PRESETS[dataset]``. Both variants of a seed share the
+    initial weights and the batch order, so their difference is batch norm alone.
+    """
+    preset = PRESETS.get(dataset, PRESETS["mnist"])
+    steps = preset["steps"] if steps is None else int(steps)
+    lr = preset["lr"] if lr is None else float(lr)
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise ValueError(f"run_experiment: unknown variants {unknown}; choose from {VARIANTS}")
+    config = {"dataset": dataset, "steps": steps, "lr": lr, "seeds": [int(s) for s in seeds],
+              "variants": list(variants), "eval_every": eval_every, "batch_size": batch_size,
+              "hidden": list(hidden), "init_std": init_std, "activation": activation,
+              "optimizer": "SGD (no momentum, constant lr)", "percentiles": list(PERCENTILES),
+              "probe": "input to each unit of the last hidden activation, over the test set; "
+                       "BN layers use the test set's own batch statistics",
+              "n_train": int(len(data[0])), "n_test": int(len(data[2]))}
+    runs = []
+    for seed in seeds:
+        for variant in variants:
+            model = build_mlp(bn=variant == "bn", hidden=hidden, init_std=init_std,
+                              activation=activation, n_in=data[0].shape[1], seed=seed)
+            result = train_run(model, data, steps, lr, batch_size=batch_size,
+                               eval_every=eval_every, seed=seed, percentiles=PERCENTILES,
+                               progress=progress, label=f"{VARIANT_LABELS[variant]}, seed {seed}")
+            result.update(variant=variant, seed=int(seed))
+            for t in THRESHOLDS:
+                result[f"steps_to_{round(t * 100)}"] = steps_to_accuracy(
+                    result["steps"], result["test_acc"], t)
+            runs.append(result)
+    return {"schema": SCHEMA, "config": config, "runs": runs}
+
+
+def unit_drift(percentiles):
+    """Per unit: how far the median wandered, in units of its final 15–85 percentile width.
+
+    drift_u = (max_t p50_u(t) - min_t p50_u(t)) / (p85_u(T) - p15_u(T)), t over evaluations
+    after the first (so the jump away from the initialization is included, the init is not).
+    """
+    p = np.asarray(percentiles, dtype=np.float64)[1:] if len(percentiles) > 1 else \
+        np.asarray(percentiles, dtype=np.float64)
+    width = np.maximum(p[-1, 2] - p[-1, 0], 1e-12)
+    return (p[:, 1].max(axis=0) - p[:, 1].min(axis=0)) / width
+
+
+def distance_to_final(percentiles):
+    """(evals, units): how far each unit's input distribution still is from where it ends,
+    mean_k |p_k,u(t) - p_k,u(T)| / (p85_u(T) - p15_u(T)) over the percentiles k (15, 50, 85):
+    moves of the centre and changes of the spread both count, in units of the final width."""
+    p = np.asarray(percentiles, dtype=np.float64)
+    width = np.maximum(p[-1, 2] - p[-1, 0], 1e-12)
+    return np.abs(p - p[-1]).mean(axis=1) / width
+
+
+def typical_unit(percentiles):
+    """The unit whose drift is the median drift: a fair 'typical sigmoid' to plot."""
+    drift = unit_drift(percentiles)
+    return int(np.argsort(drift)[len(drift) // 2])
+
+
+def summarize(results):
+    """Per variant: final accuracy and steps to each threshold, mean ± sd over seeds (ddof=1)."""
+    summary = {}
+    for variant in results["config"]["variants"]:
+        runs = [r for r in results["runs"] if r["variant"] == variant]
+        row = {"n_seeds": len(runs),
+               "final_acc": _mean_sd([r["final_test_acc"] for r in runs]),
+               "median_unit_drift": float(np.median(
+                   [np.median(unit_drift(r["percentiles"])) for r in runs])),
+               "seconds_per_run": float(np.mean([r["seconds"] for r in runs]))}
+        for t in THRESHOLDS:
+            key = f"steps_to_{round(t * 100)}"
+            reached = [r[key] for r in runs if r[key] is not None]
+            row[key] = _mean_sd(reached)
+            row[key]["reached"] = len(reached)
+        summary[variant] = row
+    return summary
+
+
+def _mean_sd(values):
+    values = np.asarray(values, dtype=np.float64)
+    if len(values) == 0:
+        return {"mean": None, "sd": None}
+    sd = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+    return {"mean": float(values.mean()), "sd": sd}
+
+
+def format_summary(summary, dataset=None, steps=None):
+    """The summary as a text table, with PyTorch's numbers beside ours when we have them."""
+    reference = PYTORCH_REFERENCE.get(dataset, {}) if steps == PRESETS.get(
+        dataset, {}).get("steps") else {}
+    lines = [f"{'':12} {'final test acc':>16} {'steps to 90%':>16} {'steps to 95%':>16}"
+             + ("   PyTorch: acc / steps to 90%" if reference else "")]
+    for variant, row in summary.items():
+        n = row["n_seeds"]
+        cells = [_fmt(row["final_acc"], "{:.4f}")]
+        for key in ("steps_to_90", "steps_to_95"):
+            cell = _fmt(row[key], "{:,.0f}")
+            if row[key]["reached"] < n:
+                cell += f" ({row[key]['reached']}/{n})"
+            cells.append(cell)
+        line = f"{VARIANT_LABELS[variant]:12} " + " ".join(f"{c:>16}" for c in cells)
+        if variant in reference:
+            ref = reference[variant]
+            acc, s90 = ref["final_acc"], ref["steps_to_90"]
+            s90_text = f"{s90[0]:,}" + (f" ± {s90[1]:,}" if s90[1] is not None else "")
+            line += f"   {acc[0]} ± {acc[1]} / {s90_text}"
+        lines.append(line)
+    lines.append(f"mean ± sd over {max(r['n_seeds'] for r in summary.values())} seeds; "
+                 f"(k/n) = only k of n seeds reached the threshold")
+    return "\n".join(lines)
+
+
+def _fmt(stat, pattern):
+    if stat["mean"] is None:
+        return "never"
+    return f"{pattern.format(stat['mean'])} ± {pattern.format(stat['sd'])}"
+
+
+def save_results(results, out_dir, name="mnist_bn.json"):
+    """Write ``results`` (plus its summary) as JSON into ``out_dir``; returns the path."""
+    os.makedirs(out_dir, exist_ok=True)
+    doc = dict(results, summary=summarize(results))
+    path = os.path.join(out_dir, name)
+    with open(path, "w") as f:
+        json.dump(_jsonable(doc), f, indent=1, allow_nan=False)
+    return path
+
+
+def load_results(path):
+    """Read a JSON written by ``save_results``; percentiles come back as ndarrays."""
+    with open(path) as f:
+        doc = json.load(f)
+    if doc.get("schema") != SCHEMA:
+        raise ValueError(f"{path}: schema {doc.get('schema')!r}, expected {SCHEMA!r}")
+    for run in doc["runs"]:
+        run["percentiles"] = np.array(run["percentiles"], dtype=np.float64)
+    return doc
+
+
+def _jsonable(x):
+    """Arrays to lists, numpy scalars to Python, NaN/inf to None (JSON has no NaN)."""
+    if isinstance(x, dict):
+        return {k: _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return _jsonable(x.tolist())
+    if isinstance(x, (np.floating, float)):
+        return float(x) if np.isfinite(x) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
+
+
+def write_outputs(results, out_dir, figure=True):
+    """JSON, summary table (text) and, with ``figure``, the PNG; returns {kind: path}."""
+    paths = {"json": save_results(results, out_dir)}
+    cfg = results["config"]
+    table = format_summary(summarize(results), cfg["dataset"], cfg["steps"])
+    paths["summary"] = os.path.join(out_dir, "summary.txt")
+    with open(paths["summary"], "w") as f:
+        f.write(table + "\n")
+    if figure:
+        from .plots import plot_figure
+        paths["figure"] = plot_figure(results, os.path.join(out_dir, "mnist_bn.png"))
+    return paths

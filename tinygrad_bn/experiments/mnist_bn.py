@@ -164,9 +164,12 @@ def save_results(results, out_dir, name="mnist_bn.json"):
     """Write ``results`` (plus its summary) as JSON into ``out_dir``; returns the path."""
     os.makedirs(out_dir, exist_ok=True)
     doc = dict(results, summary=summarize(results))
+    # 4 decimals are plenty for sigmoid inputs of order 1 and keep the file a few MB, not ten.
+    doc["runs"] = [dict(r, percentiles=np.round(np.asarray(r["percentiles"], np.float64), 4))
+                   for r in results["runs"]]
     path = os.path.join(out_dir, name)
     with open(path, "w") as f:
-        json.dump(_jsonable(doc), f, indent=1, allow_nan=False)
+        json.dump(_jsonable(doc), f, separators=(",", ":"), allow_nan=False)
     return path
 
 

@@ -35,6 +35,17 @@ class _GradMode:
     scope = ()  # the modules whose forward is running, outermost first
 
 
+def enter_scope(module):
+    """Tag the nodes recorded from now on with ``module`` too; returns what to restore."""
+    prev = _GradMode.scope
+    _GradMode.scope = prev + (module,)
+    return prev
+
+
+def exit_scope(prev):
+    _GradMode.scope = prev
+
+
 class module_scope:
     """``with module_scope(module):`` tags the nodes recorded inside with ``module``."""
 
@@ -128,19 +139,33 @@ def unbroadcast(g, shape, op_name):
     """Sum ``g`` over the axes numpy broadcasting added, so it has ``shape`` again."""
     if g.shape == shape:
         return g
-    extra = g.ndim - len(shape)
-    if extra >= 0:
-        axes = tuple(range(extra)) + tuple(
-            i + extra for i, n in enumerate(shape) if n == 1 and g.shape[i + extra] != 1)
-        if axes:
-            # ufunc.reduce skips the Python layer of ndarray.sum; Tensors use their method
-            g = _add_reduce(g, axes, None, None, True) if type(g) is np.ndarray \
-                else g.sum(axis=axes, keepdims=True)
-        g = g.reshape(shape)
+    plan = _REDUCE_PLANS.get((g.shape, shape))
+    if plan is None:
+        plan = _REDUCE_PLANS[(g.shape, shape)] = _reduce_plan(g.shape, shape)
+    axes, keepdims = plan
+    if axes:
+        # ufunc.reduce skips the Python layer of ndarray.sum; Tensors use their own method
+        g = _add_reduce(g, axes, None, None, keepdims) if type(g) is np.ndarray \
+            else g.sum(axis=axes, keepdims=keepdims)
+    if g.shape != shape:
+        g = g.reshape(shape) if g.size == int(np.prod(shape)) else g
     if g.shape != shape:
         raise RuntimeError(f"backward of '{op_name}' produced a gradient of shape {g.shape} "
                            f"for an input of shape {shape}")
     return g
+
+
+# (gradient shape, input shape) -> (axes to sum, keepdims): a training loop meets the same few.
+_REDUCE_PLANS = {}
+
+
+def _reduce_plan(gshape, shape):
+    extra = len(gshape) - len(shape)
+    if extra < 0:
+        return (), False
+    inner = tuple(i + extra for i, n in enumerate(shape) if n == 1 and gshape[i + extra] != 1)
+    # Only leading axes to drop: no keepdims, and the result already has ``shape``.
+    return tuple(range(extra)) + inner, bool(inner)
 
 
 def backward(root, grad, retain_graph=False, create_graph=False):
@@ -166,7 +191,9 @@ def _backward(root, grad, retain_graph, create_graph):
     # Tensors whose entry in ``grads`` is an array only this pass holds (a fresh result of a
     # derivative rule): further contributions are added into it in place, saving an allocation.
     owned = set()
-    handed_out = set()  # buffers stored in some .grad during this pass: never store one twice
+    # Buffers stored in some .grad during this pass, never to be stored twice; the caller's
+    # gradient counts as one, so a leaf gets a copy of it, never the caller's array itself.
+    handed_out = {id(grad if type(grad) is not np.ndarray or grad.base is None else grad.base)}
     while order:
         t = order.pop()
         g = grads.pop(t, None)
@@ -187,11 +214,19 @@ def _backward(root, grad, retain_graph, create_graph):
         if ctx is None:
             continue
         inputs = ctx.inputs
-        arrays, out = (inputs, t) if create_graph else ([p.data for p in inputs], t.data)
+        if create_graph:
+            arrays, out = inputs, t
+        elif len(inputs) == 1:  # spelled out: this runs once per node of every graph
+            arrays, out = (inputs[0].data,), t.data
+        elif len(inputs) == 2:
+            arrays, out = (inputs[0].data, inputs[1].data), t.data
+        else:
+            arrays, out = [p.data for p in inputs], t.data
+        attrs = ctx.attrs
         for p, vjp in zip(inputs, ctx.op.vjps):
             if not p.requires_grad:
                 continue
-            pg = vjp(g, out, *arrays, **ctx.attrs)
+            pg = vjp(g, out, *arrays, **attrs)
             pdata = p.data
             if pg.shape != pdata.shape:
                 pg = unbroadcast(pg, pdata.shape, ctx.op.name)

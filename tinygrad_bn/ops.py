@@ -66,6 +66,8 @@ def normalize_axis(axis, ndim):
     """``axis`` (None, int or tuple, negatives allowed) as a sorted tuple of non-negative ints."""
     if axis is None:
         return tuple(range(ndim))
+    if type(axis) is int and 0 <= axis < ndim:
+        return (axis,)
     axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
     out = []
     for a in axes:
@@ -101,9 +103,11 @@ MUL = Op("mul", lambda x, y: x * y,
          lambda g, out, x, y: g * y,
          lambda g, out, x, y: g * x)
 
+# d(x/y)/dy = -x/y² = -out/y; negating the divisor, which is often a broadcast (1, C) vector,
+# saves a pass over the full-size gradient.
 DIV = Op("div", lambda x, y: x / y,
          lambda g, out, x, y: g / y,
-         lambda g, out, x, y: -g * out / y)
+         lambda g, out, x, y: g * out / -y)
 
 # z = x ** y with a tensor exponent; dz/dy = z log x, taken as 0 where x <= 0.
 POW = Op("pow", lambda x, y: x ** y,
@@ -179,9 +183,17 @@ def _count(shape, axis):
 SUM = Op("sum", lambda x, axis, keepdims: np.add.reduce(x, axis, None, None, keepdims),
          lambda g, out, x, axis, keepdims: expand(_reduced_grad(g, x, axis, keepdims), x.shape))
 
-# sum / n: the same number as ndarray.mean, without its Python-level dtype bookkeeping.
-MEAN = Op("mean", lambda x, axis, keepdims: np.add.reduce(x, axis, None, None, keepdims)
-          / _count(x.shape, axis),
+def _mean(x, axis, keepdims):
+    # sum / n, as ndarray.mean computes it, without its Python-level bookkeeping.
+    total = np.add.reduce(x, axis, None, None, keepdims)
+    n = _count(x.shape, axis)
+    if type(total) is np.ndarray:
+        total /= n
+        return total
+    return total / n
+
+
+MEAN = Op("mean", _mean,
           lambda g, out, x, axis, keepdims: expand(
               _reduced_grad(g, x, axis, keepdims) / _count(x.shape, axis), x.shape))
 
@@ -202,7 +214,15 @@ RESHAPE = Op("reshape", lambda x, shape: x.reshape(shape),
              lambda g, out, x, shape: g.reshape(x.shape))
 
 TRANSPOSE = Op("transpose", lambda x, axes: x.transpose(axes),
-               lambda g, out, x, axes: g.transpose(tuple(np.argsort(axes))))
+               lambda g, out, x, axes: g.transpose(_inverse_permutation(axes)))
+
+
+def _inverse_permutation(axes):
+    # Plain Python: np.argsort costs microseconds of array conversion for a 2-tuple.
+    inverse = [0] * len(axes)
+    for i, a in enumerate(axes):
+        inverse[a] = i
+    return tuple(inverse)
 
 # The engine reduces broadcast axes, so the derivative of a broadcast is the identity.
 EXPAND = Op("expand", lambda x, shape: np.broadcast_to(x, shape),

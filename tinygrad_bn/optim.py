@@ -51,7 +51,10 @@ class SGD(Optimizer):
                 buf = state["momentum_buffer"] = np.array(grad, copy=True)
             else:
                 buf *= self.momentum
-                buf += (1 - self.dampening) * grad
+                if self.dampening:
+                    buf += (1 - self.dampening) * grad
+                else:
+                    buf += grad
             grad = grad + self.momentum * buf if self.nesterov else buf
         step = state.get("scratch")  # reused every step: no allocation per parameter
         if step is None or step.shape != grad.shape or step.dtype != p.data.dtype:

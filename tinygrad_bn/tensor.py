@@ -130,7 +130,7 @@ class Tensor:
             grad = np.ones(self.shape, dtype=self.dtype)
         else:
             g = gradient.data if isinstance(gradient, Tensor) else gradient
-            grad = np.array(g, dtype=self.dtype)  # a copy: the engine may hand it to a leaf
+            grad = np.asarray(g, dtype=self.dtype)  # not copied: the engine never writes to it
             if grad.shape != self.shape:
                 raise ValueError(f"backward() gradient has shape {grad.shape}, "
                                  f"but the tensor has shape {self.shape}")
@@ -213,19 +213,20 @@ class Tensor:
 
     # ---- reductions ----
     def sum(self, axis=None, keepdims=False):
-        return _apply(ops.SUM, self, axis=ops.normalize_axis(axis, self.ndim), keepdims=keepdims)
+        return _apply(ops.SUM, self, axis=ops.normalize_axis(axis, self.data.ndim),
+                      keepdims=keepdims)
 
     def mean(self, axis=None, keepdims=False):
-        axes = ops.normalize_axis(axis, self.ndim)
-        if any(self.shape[a] == 0 for a in axes):
-            raise ValueError(f"mean over axis {axis} of an empty tensor of shape {self.shape}")
-        return _apply(ops.MEAN, self, axis=axes, keepdims=keepdims)
+        return _apply(ops.MEAN, self, axis=self._nonempty_axes(axis, "mean"), keepdims=keepdims)
 
     def max(self, axis=None, keepdims=False):
-        axes = ops.normalize_axis(axis, self.ndim)
-        if any(self.shape[a] == 0 for a in axes):
-            raise ValueError(f"max over axis {axis} of an empty tensor of shape {self.shape}")
-        return _apply(ops.MAX, self, axis=axes, keepdims=keepdims)
+        return _apply(ops.MAX, self, axis=self._nonempty_axes(axis, "max"), keepdims=keepdims)
+
+    def _nonempty_axes(self, axis, name):
+        axes = ops.normalize_axis(axis, self.data.ndim)
+        if self.data.size == 0 and any(self.shape[a] == 0 for a in axes):
+            raise ValueError(f"{name} over axis {axis} of an empty tensor of shape {self.shape}")
+        return axes
 
     def min(self, axis=None, keepdims=False):
         """min(x) = -max(-x)."""
@@ -257,6 +258,8 @@ class Tensor:
 
     def transpose(self, *axes):
         """Permute axes (numpy's convention: no argument reverses them, else a full permutation)."""
+        if not axes and self.data.ndim == 2:  # W.T in every Linear layer: skip the checks
+            return _apply(ops.TRANSPOSE, self, axes=(1, 0))
         axes = _shape_arg(axes) or tuple(range(self.ndim))[::-1]
         if sorted(a % max(self.ndim, 1) for a in axes) != list(range(self.ndim)):
             raise ValueError(f"transpose: {axes} is not a permutation of the {self.ndim} axes of "
@@ -359,6 +362,8 @@ def _data(x):
 
 
 def _matmul(a, b):
+    if a.data.ndim == 2 and b.data.ndim == 2 and a.data.shape[1] == b.data.shape[0]:
+        return _apply(ops.MATMUL, a, b)  # the common case, checked in one line
     if a.ndim == 0 or b.ndim == 0:
         raise ValueError(f"matmul: both operands need at least one dimension, "
                          f"got shapes {a.shape} and {b.shape}")

@@ -4,7 +4,6 @@
 """
 import numpy as np
 
-from ..autograd import no_grad
 from ..tensor import Tensor
 
 
@@ -62,15 +61,16 @@ def _named(t, name):
 
 
 def _update_running(running_mean, running_var, mu, var, m, momentum):
-    """The exponential moving averages PyTorch keeps: momentum is the weight of the NEW batch."""
-    with no_grad():
-        if running_mean is not None:
-            new = (1 - momentum) * running_mean.data + momentum * mu.reshape(-1)
-            running_mean.data = new.astype(running_mean.dtype, copy=False)
-        if running_var is not None:
-            unbiased = var.reshape(-1) * (m / (m - 1))
-            new = (1 - momentum) * running_var.data + momentum * unbiased
-            running_var.data = new.astype(running_var.dtype, copy=False)
+    """The exponential moving averages PyTorch keeps: momentum is the weight of the NEW batch.
+
+    Updated in place on the buffers' arrays, with plain numpy: no graph is recorded.
+    """
+    if running_mean is not None:
+        running_mean.data *= 1 - momentum
+        running_mean.data += momentum * mu.reshape(-1)
+    if running_var is not None:
+        running_var.data *= 1 - momentum
+        running_var.data += (momentum * m / (m - 1)) * var.reshape(-1)  # unbiased: m / (m - 1)
 
 
 def linear(x, weight, bias=None):

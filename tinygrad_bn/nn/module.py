@@ -4,7 +4,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from ..autograd import module_scope
+from ..autograd import enter_scope, exit_scope
 from ..tensor import Tensor
 
 
@@ -61,8 +61,11 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__} does not define forward()")
 
     def __call__(self, *args, **kwargs):
-        with module_scope(self):
+        prev = enter_scope(self)  # nodes made inside carry this module, for the renderer
+        try:
             return self.forward(*args, **kwargs)
+        finally:
+            exit_scope(prev)
 
     # ---- traversal ----
     def named_modules(self, prefix=""):

@@ -1,0 +1,109 @@
+"""Pieces the claim demos share: layer-by-layer forward passes, a probing optimizer, output files."""
+import json
+import os
+
+import numpy as np
+
+from ... import nn
+from ...autograd import no_grad
+from ...nn import functional as F
+from ...tensor import Tensor
+from ..mlp import ACTIVATIONS
+
+# The paper's MNIST protocol (experiments/mnist_bn.py): these claims change one thing at a time.
+PAPER_NET = {"hidden": (100, 100, 100), "init_std": 0.01, "activation": "sigmoid"}
+BATCH = 60
+
+
+def is_activation(module):
+    return isinstance(module, tuple(ACTIVATIONS.values()))
+
+
+def forward_layers(model, X, bn_stats=None):
+    """Run ``model`` on X without a graph; returns (logits, [(pre-activation, activation) per layer]).
+
+    ``bn_stats(k, x)`` -> (mean, var) chooses what the k-th BatchNorm1d normalizes with:
+    y = gamma (x - mean) / sqrt(var + eps) + beta, through F.batch_norm's eval path (the one place
+    the formula is written). None: the layer's own mode (running statistics in eval mode).
+    """
+    layers, pre, k = [], None, 0
+    x = Tensor(X)
+    with no_grad():
+        for module in model:
+            if isinstance(module, nn.BatchNorm1d) and bn_stats is not None:
+                mean, var = bn_stats(k, x.data)
+                x = F.batch_norm(x, Tensor(mean), Tensor(var), module.weight, module.bias,
+                                 training=False, eps=module.eps)
+                k += 1
+            elif isinstance(module, nn.BatchNorm1d):
+                x, k = module(x), k + 1
+            elif is_activation(module):
+                pre = x.data
+                x = module(x)
+                layers.append((pre, x.data))
+            else:
+                x = module(x)
+    return x.data, layers
+
+
+def own_batch_stats(k, x):
+    """A batch's own statistics, as training mode uses them: mean and biased variance over axis 0."""
+    return x.mean(axis=0), x.var(axis=0)
+
+
+class ProbingSGD:
+    """SGD that also calls ``probe(step)`` every ``every`` steps (and at step 0).
+
+    train_run accepts any optimizer, so this records per-layer statistics during the very same
+    training loop the main demo uses, without a hook inside it.
+    """
+
+    def __init__(self, params, lr, probe, every):
+        from ... import optim
+        self.sgd, self.probe, self.every, self.step_count = optim.SGD(params, lr=lr), probe, every, 0
+        probe(0)
+
+    def zero_grad(self):
+        self.sgd.zero_grad()
+
+    def step(self):
+        self.sgd.step()
+        self.step_count += 1
+        if self.step_count % self.every == 0:
+            self.probe(self.step_count)
+
+
+# ------------------------------------------------------------------------------------ output files
+
+def pyplot():
+    from ..plots import _pyplot
+    return _pyplot()
+
+
+def jsonable(x):
+    """Arrays to lists, numpy scalars to Python, NaN/inf to None (JSON has no NaN)."""
+    from ..mnist_bn import _jsonable
+    return _jsonable(x)
+
+
+def write_json(doc, path):
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(jsonable(doc), f, indent=1, allow_nan=False)
+    return path
+
+
+def write_section(out_dir, name, title, text, image):
+    """<out>/sections/<name>.json: {title, text, image (relative to out)}, which report.html shows."""
+    rel = os.path.relpath(image, out_dir)
+    return write_json({"title": title, "text": text, "image": rel},
+                      os.path.join(out_dir, "sections", f"{name}.json"))
+
+
+def fmt_steps(steps):
+    return "never" if steps is None else f"{steps:,}"
+
+
+def fraction(values, lo, hi):
+    values = np.asarray(values)
+    return float(((values > lo) & (values < hi)).mean())

@@ -6,6 +6,7 @@ HELP = "demo the lecture notes' claims (inputs, hyperparams, sigmoid, running-st
        "covariate-shift) with plots"
 
 NAMES = ("inputs", "hyperparams", "sigmoid", "running-stats", "covariate-shift")
+SECTION_ORDER = 60  # after the demo's built-in parts (10, 20, 30), in the notes' order
 
 
 def add_arguments(parser):
@@ -25,8 +26,19 @@ def add_arguments(parser):
     parser.add_argument("--progress", action="store_true", help="progress bars while training")
 
 
+def add_to_report(out_dir, name, title, conclusion, png):
+    """The claim as a section of report.html: one paragraph per line of its conclusion."""
+    from .. import report
+    from ..experiments.claims import file_stem
+    paragraphs = "\n\n".join(line.strip() for line in conclusion.splitlines() if line.strip())
+    return report.add_section(out_dir, file_stem(name), f"Claim: {title}", paragraphs,
+                              image=os.path.relpath(png, out_dir),
+                              order=SECTION_ORDER + NAMES.index(name))
+
+
 def run(args):
-    from ..experiments.claims import NEEDS_MNIST, run_claim
+    from .. import report
+    from ..experiments.claims import CLAIMS, NEEDS_MNIST, run_claim
     from ..experiments.optional import MissingDependencyError, require
     names = list(NAMES) if args.name == "all" else [args.name]
     if args.jobs < 1:
@@ -50,10 +62,19 @@ def run(args):
         done = run_claim(name, args.out, quick=args.quick, data=data, seed=args.seed,
                          progress=args.progress, jobs=args.jobs)
         total += done["seconds"]
+        section = add_to_report(args.out, name, CLAIMS[name].TITLE, done["conclusion"],
+                                done["paths"]["png"])
         print(done["conclusion"])
         print(f"   ({done['seconds']:.1f} s) wrote {done['paths']['png']}, "
               f"{os.path.basename(done['paths']['json'])}, "
-              f"{os.path.relpath(done['paths']['section'], args.out)}\n", flush=True)
+              f"{os.path.relpath(section, args.out)}\n", flush=True)
     if len(names) > 1:
         print(f"all claims: {total:.0f} s; figures in {args.out}")
+    # The sections join report.html whenever it is built; rebuild it now if the demo made one.
+    if os.path.exists(os.path.join(args.out, "report.html")):
+        print(f"report: {os.path.abspath(report.build_report(args.out))}")
+    else:
+        print(f"report sections written to {os.path.join(args.out, 'sections')}; they appear in "
+              f"report.html when `tinygrad-bn demo --out {args.out}` runs (or point --out at "
+              f"the demo's folder)")
     return 0

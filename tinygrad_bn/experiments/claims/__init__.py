@@ -2,20 +2,25 @@
 
 Each claim module has NAME, TITLE, FULL/QUICK settings, ``run(...)`` -> results dict,
 ``conclusion(results)`` -> text and ``plot(results, path)``. ``run_claim`` ties them together:
-JSON, PNG, conclusion text, and a report section in ``<out>/sections/<name>.json``.
+JSON, PNG and the conclusion as text (the ``claims`` command adds them to report.html).
 """
 import os
 import time
 
 from . import covariate_shift, hyperparams, inputs, running_stats, sigmoid
-from .common import write_json, write_section
+from .common import write_json
 
 CLAIMS = {m.NAME: m for m in (inputs, hyperparams, sigmoid, running_stats, covariate_shift)}
 NEEDS_MNIST = {"hyperparams", "sigmoid", "running-stats", "covariate-shift"}
 
 
+def file_stem(name):
+    """claim_<name> with '-' as '_': the stem of the claim's files and of its report section."""
+    return f"claim_{name.replace('-', '_')}"
+
+
 def run_claim(name, out_dir, quick=False, data=None, seed=0, progress=False, jobs=1):
-    """Run claim ``name``; write <name>.json, <name>.png, <name>.txt and the report section.
+    """Run claim ``name``; write claim_<name>.json, .png and .txt into ``out_dir``.
 
     Returns {"results", "conclusion", "paths", "seconds"}. ``data`` is the MNIST tuple for the
     claims that train the MNIST net (loaded with ``load_mnist5k(seed)`` when None).
@@ -36,13 +41,11 @@ def run_claim(name, out_dir, quick=False, data=None, seed=0, progress=False, job
     seconds = time.perf_counter() - start
     text = module.conclusion(results)
     os.makedirs(out_dir, exist_ok=True)
-    base = os.path.join(out_dir, f"claim_{name.replace('-', '_')}")
+    base = os.path.join(out_dir, file_stem(name))
     paths = {"json": write_json(dict(results, claim=name, title=module.TITLE, quick=quick,
                                      seconds=seconds, conclusion=text), base + ".json"),
              "png": module.plot(results, base + ".png")}
     paths["txt"] = base + ".txt"
     with open(paths["txt"], "w") as f:
         f.write(f"{module.TITLE}\n{text}\n")
-    paths["section"] = write_section(out_dir, f"claim_{name.replace('-', '_')}",
-                                     f"Claim: {module.TITLE}", text, paths["png"])
     return {"results": results, "conclusion": text, "paths": paths, "seconds": seconds}

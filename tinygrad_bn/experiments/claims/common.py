@@ -1,4 +1,4 @@
-"""Pieces the claim demos share: layer-by-layer forward passes, a probing optimizer, output files."""
+"""What the claim demos share: a layer-by-layer forward pass, a probing optimizer, file helpers."""
 import json
 import os
 
@@ -20,7 +20,7 @@ def is_activation(module):
 
 
 def forward_layers(model, X, bn_stats=None):
-    """Run ``model`` on X without a graph; returns (logits, [(pre-activation, activation) per layer]).
+    """``model`` on X without a graph: (logits, [(pre-activation, activation) per hidden layer]).
 
     ``bn_stats(k, x)`` -> (mean, var) chooses what the k-th BatchNorm1d normalizes with:
     y = gamma (x - mean) / sqrt(var + eps) + beta, through F.batch_norm's eval path (the one place
@@ -47,12 +47,12 @@ def forward_layers(model, X, bn_stats=None):
 
 
 def own_batch_stats(k, x):
-    """A batch's own statistics, as training mode uses them: mean and biased variance over axis 0."""
+    """A batch's own statistics, as in training: the mean and the biased variance over axis 0."""
     return x.mean(axis=0), x.var(axis=0)
 
 
 class ProbingSGD:
-    """SGD that also calls ``probe(step)`` every ``every`` steps (and at step 0).
+    """SGD that also calls ``probe(step)`` every ``every`` steps and at step 0.
 
     train_run accepts any optimizer, so this records per-layer statistics during the very same
     training loop the main demo uses, without a hook inside it.
@@ -60,7 +60,8 @@ class ProbingSGD:
 
     def __init__(self, params, lr, probe, every):
         from ... import optim
-        self.sgd, self.probe, self.every, self.step_count = optim.SGD(params, lr=lr), probe, every, 0
+        self.sgd, self.probe, self.every = optim.SGD(params, lr=lr), probe, every
+        self.step_count = 0
         probe(0)
 
     def zero_grad(self):
@@ -91,17 +92,6 @@ def write_json(doc, path):
     with open(path, "w") as f:
         json.dump(jsonable(doc), f, indent=1, allow_nan=False)
     return path
-
-
-def write_section(out_dir, name, title, text, image):
-    """<out>/sections/<name>.json: {title, text, image (relative to out)}, which report.html shows."""
-    rel = os.path.relpath(image, out_dir)
-    return write_json({"title": title, "text": text, "image": rel},
-                      os.path.join(out_dir, "sections", f"{name}.json"))
-
-
-def fmt_steps(steps):
-    return "never" if steps is None else f"{steps:,}"
 
 
 def fraction(values, lo, hi):

@@ -24,7 +24,7 @@ SANTURKAR = ("Santurkar, Tsipras, Ilyas & Madry (2018), 'How does batch normaliz
 
 def train_probed(data, bn, steps, lr, probe_every, seed=0, progress=False):
     """Train with train_run; every ``probe_every`` steps record, per hidden layer and unit, the
-    mean and std over the test images of the sigmoid input. Returns arrays (probes, layers, units)."""
+    mean and std over the test images of the sigmoid input; arrays (probes, layers, units)."""
     model = build_mlp(bn=bn, seed=seed, **PAPER_NET)
     X_probe = data[2]
     rec = {"steps": [], "mean": [], "std": []}

@@ -31,8 +31,8 @@ def make_data(n, scale, seed=0):
 
 
 def loss_fn(X, y):
-    """mean over examples of -log p(y | x), p(1 | x) = sigmoid(w . x): a 2-class cross-entropy with
-    logits (0, w . x). The features are centered, so no bias: the loss is a surface over (w1, w2)."""
+    """L(w) = mean -log p(y | x), p(1 | x) = sigmoid(w . x): 2-class cross-entropy of logits
+    (0, w . x). The features are centered, so no bias: the loss is a surface over (w1, w2)."""
     two_logits = np.array([[0.0, 1.0]])
 
     def loss(w):
@@ -90,7 +90,7 @@ def optimum(X, y, iters=50):
 
 
 def run(quick=False, seed=0, progress=False):
-    """Largest stable lr, steps to (optimum + 0.01) over a grid of lrs, and the GD path, per input."""
+    """Per input kind: largest stable lr, steps to (optimum + 0.01) over lrs, the GD path."""
     cfg = QUICK if quick else FULL
     features, y = make_data(cfg["n"], cfg["scale"], seed)
     out = {"config": dict(cfg, target_gap=TARGET_GAP, stable_steps=STABLE_STEPS, seed=seed),

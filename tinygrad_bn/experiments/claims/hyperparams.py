@@ -13,8 +13,8 @@ from ..mlp import build_mlp, train_run
 from .common import BATCH, PAPER_NET, pyplot
 
 NAME, TITLE = "hyperparams", "Batch norm makes hyperparameters easier to set"
-FULL = {"lrs": (0.05, 0.2, 0.5, 1.0, 2.0, 4.0), "init_stds": (0.001, 0.01, 0.1, 1.0),
-        "steps": 500}
+FULL = {"lrs": (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0), "init_stds": (0.001, 0.01, 0.1, 1.0),
+        "steps": 1000}
 QUICK = {"lrs": (0.5, 4.0), "init_stds": (0.01, 1.0), "steps": 60}
 THRESHOLD = 0.90
 

@@ -205,8 +205,8 @@ def test_demo_notes_a_missing_renderer(tmp_path, monkeypatch):
     from tinygrad_bn import report
     from tinygrad_bn.commands import demo
     monkeypatch.setitem(sys.modules, "tinygrad_bn.viz", None)  # import now fails
-    ok, why = demo._graph(str(tmp_path))
-    assert not ok and "could not be imported" in why
+    state, why = demo._graph(str(tmp_path))
+    assert state == "SKIPPED" and "could not be imported" in why
     page = (tmp_path / "report.html")
     report.build_report(str(tmp_path))
     text = page.read_text()

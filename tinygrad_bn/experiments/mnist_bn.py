@@ -149,7 +149,8 @@ def format_summary(summary, dataset=None, steps=None):
             s90_text = f"{s90[0]:,}" + (f" ± {s90[1]:,}" if s90[1] is not None else "")
             line += f"   {acc[0]} ± {acc[1]} / {s90_text}"
         lines.append(line)
-    lines.append(f"mean ± sd over {max(r['n_seeds'] for r in summary.values())} seeds; "
+    n = max(r["n_seeds"] for r in summary.values())
+    lines.append(f"mean ± sd over {n} seed{'s' if n != 1 else ''}; "
                  f"(k/n) = only k of n seeds reached the threshold")
     return "\n".join(lines)
 

@@ -8,7 +8,7 @@ import os
 import time
 
 from . import covariate_shift, hyperparams, inputs, running_stats, sigmoid
-from .common import single_blas_thread, write_json
+from .common import write_json
 
 CLAIMS = {m.NAME: m for m in (inputs, hyperparams, sigmoid, running_stats, covariate_shift)}
 NEEDS_MNIST = {"hyperparams", "sigmoid", "running-stats", "covariate-shift"}
@@ -37,8 +37,7 @@ def run_claim(name, out_dir, quick=False, data=None, seed=0, progress=False, job
     if name == "hyperparams":
         kwargs["jobs"] = jobs
     start = time.perf_counter()
-    with single_blas_thread():
-        results = module.run(**kwargs)
+    results = module.run(**kwargs)
     seconds = time.perf_counter() - start
     text = module.conclusion(results)
     os.makedirs(out_dir, exist_ok=True)

@@ -1,5 +1,6 @@
 """What the claim demos share: a layer-by-layer forward pass, a probing optimizer, file helpers."""
 import contextlib
+import functools
 import json
 import os
 
@@ -86,6 +87,15 @@ def single_blas_thread():
     except ImportError:
         return contextlib.nullcontext()
     return threadpool_limits(limits=1, user_api="blas")
+
+
+def one_blas_thread(run):
+    """Decorator: ``run`` under ``single_blas_thread()``, so the demos get it as well as the CLI."""
+    @functools.wraps(run)
+    def wrapped(*args, **kwargs):
+        with single_blas_thread():
+            return run(*args, **kwargs)
+    return wrapped
 
 
 # ------------------------------------------------------------------------------------ output files

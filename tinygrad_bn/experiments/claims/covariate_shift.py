@@ -11,7 +11,15 @@ shows the measurement, not which explanation is right.
 import numpy as np
 
 from ..mlp import build_mlp, train_run
-from .common import BATCH, PAPER_NET, ProbingSGD, forward_layers, own_batch_stats, pyplot
+from .common import (
+    BATCH,
+    PAPER_NET,
+    ProbingSGD,
+    forward_layers,
+    one_blas_thread,
+    own_batch_stats,
+    pyplot,
+)
 
 NAME, TITLE = "covariate-shift", "Batch norm and internal covariate shift: the measurement"
 FULL = {"steps": 3000, "lr": 2.0, "probe_every": 50}
@@ -50,6 +58,7 @@ def drift(mean, std):
     return np.median((m.max(axis=0) - m.min(axis=0)) / np.maximum(std[-1], 1e-12), axis=-1)
 
 
+@one_blas_thread
 def run(data, quick=False, seed=0, progress=False):
     """Both variants, probed during training; drift per layer."""
     cfg = QUICK if quick else FULL
@@ -108,6 +117,7 @@ def plot(r, path, units=8):
                                  f"std", fontsize=9)
         axes[1, layer].set_yscale("log")
         axes[2, layer].set_yscale("symlog", linthresh=0.1)
+        axes[2, layer].set_ylim(bottom=0)
         axes[2, layer].set_xlabel("training steps")
         for row in range(3):
             axes[row, layer].grid(alpha=0.3)

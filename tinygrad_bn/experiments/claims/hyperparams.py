@@ -10,7 +10,7 @@ import os
 import numpy as np
 
 from ..mlp import build_mlp, train_run
-from .common import BATCH, PAPER_NET, pyplot
+from .common import BATCH, PAPER_NET, one_blas_thread, pyplot
 
 NAME, TITLE = "hyperparams", "Batch norm makes hyperparameters easier to set"
 FULL = {"lrs": (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0), "init_stds": (0.001, 0.01, 0.1, 1.0),
@@ -28,6 +28,7 @@ def _one(args):
     return result["final_test_acc"], result["diverged"], result["seconds"]
 
 
+@one_blas_thread
 def run(data, quick=False, seed=0, jobs=1, progress=False):
     """Test accuracy after ``steps`` SGD steps for every (variant, init std, lr) of the grid."""
     cfg = QUICK if quick else FULL
@@ -73,7 +74,7 @@ def plot(r, path):
     """Two heatmaps of test accuracy over (init std, lr), cells at >= 90% outlined."""
     plt = pyplot()
     c = r["config"]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.6), gridspec_kw={"wspace": 0.3})
     for ax, (name, label) in zip(axes, (("no_bn", "without BN"), ("bn", "with BN"))):
         acc = np.asarray(r[name]["test_acc"], dtype=float)
         im = ax.imshow(acc, vmin=0.0, vmax=1.0, cmap="viridis", origin="lower", aspect="auto")

@@ -11,7 +11,7 @@ import numpy as np
 from ... import optim
 from ...nn import functional as F
 from ...tensor import Tensor
-from .common import pyplot
+from .common import one_blas_thread, pyplot
 
 NAME, TITLE = "inputs", "Normalizing inputs speeds up learning"
 FULL = {"n": 400, "scale": 10.0, "max_steps": 3000, "n_lrs": 10}
@@ -89,6 +89,7 @@ def optimum(X, y, iters=50):
     return w, float(loss_grid(X, y, w[:1, None], w[1:, None])[0, 0])
 
 
+@one_blas_thread
 def run(quick=False, seed=0, progress=False):
     """Per input kind: largest stable lr, steps to (optimum + 0.01) over lrs, the GD path."""
     cfg = QUICK if quick else FULL

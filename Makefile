@@ -26,7 +26,7 @@ test: setup
 	$(PYTHON) -m pytest -q
 
 bench: setup
-	$(PYTHON) benchmarks/run_all.py
+	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PYTHON) benchmarks/run_all.py
 
 lint:
 	$(PYTHON) -m ruff check tinygrad_bn tests demos benchmarks

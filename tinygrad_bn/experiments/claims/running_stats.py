@@ -153,7 +153,8 @@ def plot(r, path):
     ax.axhline(r["acc_population"], color="#2ca02c", ls="--", label=f"(b) population "
                f"(Algorithm 2) {r['acc_population']:.3f}")
     for x, b, a in zip(xs, labels, r["acc_batch"].values()):
-        ax.annotate(f"{a:.3f}", (x, a), textcoords="offset points", xytext=(4, -12), fontsize=8)
+        ax.annotate(f"{a:.3f}", (x, a), textcoords="offset points", fontsize=8,
+                    xytext=(-30 if x == xs[-1] else 4, -12))  # the last one: inside the axes
     ax.set_xticks(xs, [f"{b}" for b in labels])
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("test batch size")

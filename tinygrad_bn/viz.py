@@ -147,7 +147,15 @@ def render_batchnorm_graph(out_path, model="bn", backward=False, show_grad=True,
     from .tensor import Tensor
 
     rng = np.random.default_rng(seed)
-    np.random.seed(seed)  # Linear draws its initial weights from numpy's global generator
+    saved = np.random.get_state()  # Linear draws from numpy's global generator: leave it as found
+    np.random.seed(seed)
+    try:
+        return _render_demo_graph(out_path, model, backward, show_grad, rng, nn, F, Tensor)
+    finally:
+        np.random.set_state(saved)
+
+
+def _render_demo_graph(out_path, model, backward, show_grad, rng, nn, F, Tensor):
     if model == "bn":
         bn = nn.BatchNorm1d(4)
         bn.weight.data = rng.uniform(0.5, 1.5, 4).astype(np.float32)
@@ -161,7 +169,8 @@ def render_batchnorm_graph(out_path, model="bn", backward=False, show_grad=True,
     elif model == "mlp":
         layers = []
         for n_in in (784, 100, 100):
-            layers += [nn.Linear(n_in, 100), nn.BatchNorm1d(100), nn.Sigmoid()]
+            # no bias before batch norm: beta replaces it (the paper, the notes, the demo)
+            layers += [nn.Linear(n_in, 100, bias=False), nn.BatchNorm1d(100), nn.Sigmoid()]
         net = nn.Sequential(*layers, nn.Linear(100, 10))
         x = Tensor(rng.normal(0, 1, (64, 784)).astype(np.float32), name="x")
         loss = F.cross_entropy(net(x), rng.integers(0, 10, 64))

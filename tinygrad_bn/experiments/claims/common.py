@@ -1,6 +1,4 @@
 """What the claim demos share: a layer-by-layer forward pass, a probing optimizer, file helpers."""
-import contextlib
-import functools
 import json
 import os
 
@@ -11,6 +9,7 @@ from ...autograd import no_grad
 from ...nn import functional as F
 from ...tensor import Tensor
 from ..mlp import ACTIVATIONS
+from ..mnist_bn import jsonable
 
 # The paper's MNIST protocol (experiments/mnist_bn.py): these claims change one thing at a time.
 PAPER_NET = {"hidden": (100, 100, 100), "init_std": 0.01, "activation": "sigmoid"}
@@ -76,40 +75,7 @@ class ProbingSGD:
             self.probe(self.step_count)
 
 
-def single_blas_thread():
-    """Pin BLAS to one thread while the claims run, when threadpoolctl is installed.
-
-    These matmuls are small ((60, 784) @ (784, 100)); on a shared 2-core machine OpenBLAS's second
-    thread spins waiting for a core and one matmul took 48 ms instead of 0.4 ms (measured).
-    """
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return contextlib.nullcontext()
-    return threadpool_limits(limits=1, user_api="blas")
-
-
-def one_blas_thread(run):
-    """Decorator: ``run`` under ``single_blas_thread()``, so the demos get it as well as the CLI."""
-    @functools.wraps(run)
-    def wrapped(*args, **kwargs):
-        with single_blas_thread():
-            return run(*args, **kwargs)
-    return wrapped
-
-
 # ------------------------------------------------------------------------------------ output files
-
-def pyplot():
-    from ..plots import _pyplot
-    return _pyplot()
-
-
-def jsonable(x):
-    """Arrays to lists, numpy scalars to Python, NaN/inf to None (JSON has no NaN)."""
-    from ..mnist_bn import _jsonable
-    return _jsonable(x)
-
 
 def write_json(doc, path):
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)

@@ -11,14 +11,14 @@ shows the measurement, not which explanation is right.
 import numpy as np
 
 from ..mlp import build_mlp, train_run
+from ..plots import pyplot
+from ..threads import one_blas_thread
 from .common import (
     BATCH,
     PAPER_NET,
     ProbingSGD,
     forward_layers,
-    one_blas_thread,
     own_batch_stats,
-    pyplot,
 )
 
 NAME, TITLE = "covariate-shift", "Batch norm and internal covariate shift: the measurement"

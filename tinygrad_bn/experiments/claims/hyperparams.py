@@ -10,7 +10,9 @@ import os
 import numpy as np
 
 from ..mlp import build_mlp, train_run
-from .common import BATCH, PAPER_NET, one_blas_thread, pyplot
+from ..plots import pyplot
+from ..threads import one_blas_thread
+from .common import BATCH, PAPER_NET
 
 NAME, TITLE = "hyperparams", "Batch norm makes hyperparameters easier to set"
 FULL = {"lrs": (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0), "init_stds": (0.001, 0.01, 0.1, 1.0),

@@ -11,7 +11,8 @@ import numpy as np
 from ... import optim
 from ...nn import functional as F
 from ...tensor import Tensor
-from .common import one_blas_thread, pyplot
+from ..plots import pyplot
+from ..threads import one_blas_thread
 
 NAME, TITLE = "inputs", "Normalizing inputs speeds up learning"
 FULL = {"n": 400, "scale": 10.0, "max_steps": 3000, "n_lrs": 10}

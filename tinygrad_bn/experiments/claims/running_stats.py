@@ -12,7 +12,9 @@ import numpy as np
 
 from ... import nn
 from ..mlp import build_mlp, train_run
-from .common import BATCH, PAPER_NET, forward_layers, one_blas_thread, own_batch_stats, pyplot
+from ..plots import pyplot
+from ..threads import one_blas_thread
+from .common import BATCH, PAPER_NET, forward_layers, own_batch_stats
 
 NAME, TITLE = "running-stats", "At test time, use running averages of mu and sigma²"
 FULL = {"steps": 3000, "lr": 2.0, "batch_sizes": (1, 2, 8, 60, None)}

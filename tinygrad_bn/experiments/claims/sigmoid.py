@@ -14,7 +14,9 @@ import numpy as np
 from ...nn import functional as F
 from ...tensor import Tensor
 from ..mlp import build_mlp, evaluate, train_run
-from .common import BATCH, PAPER_NET, forward_layers, fraction, one_blas_thread, pyplot
+from ..plots import pyplot
+from ..threads import one_blas_thread
+from .common import BATCH, PAPER_NET, forward_layers, fraction
 
 NAME = "sigmoid"
 TITLE = "Gamma and beta let the network leave the sigmoid's near-linear range"

@@ -166,9 +166,18 @@ TANH = Op("tanh", np.tanh,
 
 # ---- linear algebra: z = x @ y over the last two axes, leading axes broadcast ----
 
+def _matmul_vjp_y(g, out, x, y):
+    # The gradient takes the memory layout of y. For Linear's x @ W.T, y is W's transpose:
+    # computing (g^T x)^T hands W a C-ordered gradient, so the optimizer does not stride
+    # through a transposed array (9x slower for a 784 x 100 weight, measured).
+    if type(y) is np.ndarray and y.ndim == 2 and y.flags.f_contiguous and not y.flags.c_contiguous:
+        return swap_last(swap_last(g) @ x)
+    return swap_last(x) @ g
+
+
 MATMUL = Op("matmul", lambda x, y: x @ y,
             lambda g, out, x, y: g @ swap_last(y),
-            lambda g, out, x, y: swap_last(x) @ g)
+            _matmul_vjp_y)
 
 
 # ---- reductions over ``axis``, a normalized tuple (see normalize_axis) ----

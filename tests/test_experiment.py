@@ -99,6 +99,17 @@ def test_train_run_is_deterministic():
     assert a["test_acc"] == b["test_acc"] and a["train_loss"] == b["train_loss"]
 
 
+def test_parallel_runs_equal_sequential_runs():
+    data = tiny_data()
+    kw = dict(steps=30, seeds=(0, 1), eval_every=10, hidden=(8,), progress=False)
+    one = run_experiment(data, jobs=1, **kw)
+    two = run_experiment(data, jobs=2, **kw)
+    assert [(r["seed"], r["variant"]) for r in one["runs"]] == \
+        [(r["seed"], r["variant"]) for r in two["runs"]]
+    for a, b in zip(one["runs"], two["runs"]):
+        assert a["test_acc"] == b["test_acc"] and a["train_loss"] == b["train_loss"]
+
+
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # overflow on the way to NaN is the point
 def test_train_run_stops_on_divergence():
     data = tiny_data()
@@ -117,7 +128,8 @@ def test_steps_to_accuracy():
 def test_batch_norm_beats_no_batch_norm_on_a_short_budget(mnist5k):
     """After 300 steps at lr 2.0 the sigmoid net without BN is still near chance (~0.2-0.3,
     its inputs saturate the sigmoids); with BN it is near 0.85. Seeded; margin 0.3."""
-    res = run_experiment(mnist5k, steps=300, seeds=(0, 1), eval_every=300, progress=False)
+    res = run_experiment(mnist5k, steps=300, seeds=(0, 1), eval_every=300, progress=False,
+                         jobs=2)
     acc = {v: [r["final_test_acc"] for r in res["runs"] if r["variant"] == v]
            for v in ("no_bn", "bn")}
     assert min(acc["bn"]) > max(acc["no_bn"]) + 0.3, acc

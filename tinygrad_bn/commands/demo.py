@@ -22,6 +22,8 @@ def add_arguments(parser):
     parser.add_argument("--seeds", type=train._seeds, default=None, metavar="N|S,S,...",
                         help="a count (3 = seeds 0,1,2) or a comma-separated list (default 3)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--jobs", type=int, default=None, metavar="N",
+                        help="train N runs at once (default: CPU cores, at most 2)")
 
 
 def run(args):
@@ -49,7 +51,7 @@ def _experiment(args, out):
     targs = argparse.Namespace(dataset="mnist5k", data_dir=None, download=False,
                                steps=args.steps, seeds=args.seeds, lr=None, no_bn=False,
                                bn_only=False, eval_every=None, quick=args.quick,
-                               no_progress=args.no_progress)
+                               no_progress=args.no_progress, jobs=args.jobs)
     print("1/3 the MNIST experiment (Ioffe & Szegedy 2015, Fig. 1)")
     try:
         train.check_requirements("mnist5k", progress=not args.no_progress)

@@ -39,11 +39,13 @@ def run_experiment(data, dataset="mnist5k", steps=None, lr=None, seeds=DEFAULTS[
                    variants=VARIANTS, eval_every=DEFAULTS["eval_every"],
                    batch_size=DEFAULTS["batch_size"], hidden=DEFAULTS["hidden"],
                    init_std=DEFAULTS["init_std"], activation=DEFAULTS["activation"],
-                   progress=True):
+                   progress=True, jobs=1):
     """Train every (variant, seed) pair on ``data`` and return {"schema", "config", "runs"}.
 
     ``steps`` and ``lr`` default to ``PRESETS[dataset]``. Both variants of a seed share the
-    initial weights and the batch order, so their difference is batch norm alone.
+    initial weights and the batch order, so their difference is batch norm alone. ``jobs`` > 1
+    trains that many runs at once in worker processes (one BLAS thread each); every run is
+    deterministic, so the results are the same as with ``jobs=1``.
     """
     preset = PRESETS.get(dataset, PRESETS["mnist"])
     steps = preset["steps"] if steps is None else int(steps)
@@ -58,20 +60,64 @@ def run_experiment(data, dataset="mnist5k", steps=None, lr=None, seeds=DEFAULTS[
               "probe": "input to each unit of the last hidden activation, over the test set; "
                        "BN layers use the test set's own batch statistics",
               "n_train": int(len(data[0])), "n_test": int(len(data[2]))}
-    runs = []
-    for seed in seeds:
-        for variant in variants:
-            model = build_mlp(bn=variant == "bn", hidden=hidden, init_std=init_std,
-                              activation=activation, n_in=data[0].shape[1], seed=seed)
-            result = train_run(model, data, steps, lr, batch_size=batch_size,
-                               eval_every=eval_every, seed=seed, percentiles=PERCENTILES,
-                               progress=progress, label=f"{VARIANT_LABELS[variant]}, seed {seed}")
-            result.update(variant=variant, seed=int(seed))
-            for t in THRESHOLDS:
-                result[f"steps_to_{round(t * 100)}"] = steps_to_accuracy(
-                    result["steps"], result["test_acc"], t)
-            runs.append(result)
+    settings = dict(steps=steps, lr=lr, batch_size=batch_size, eval_every=eval_every,
+                    hidden=hidden, init_std=init_std, activation=activation)
+    pairs = [(seed, variant) for seed in seeds for variant in variants]
+    jobs = max(1, min(int(jobs), len(pairs)))
+    if jobs == 1:
+        runs = [_one_run(data, seed, variant, settings, progress) for seed, variant in pairs]
+    else:
+        runs = _parallel_runs(data, pairs, settings, jobs, progress)
     return {"schema": SCHEMA, "config": config, "runs": runs}
+
+
+def _one_run(data, seed, variant, settings, progress):
+    model = build_mlp(bn=variant == "bn", hidden=settings["hidden"],
+                      init_std=settings["init_std"], activation=settings["activation"],
+                      n_in=data[0].shape[1], seed=seed)
+    result = train_run(model, data, settings["steps"], settings["lr"],
+                       batch_size=settings["batch_size"], eval_every=settings["eval_every"],
+                       seed=seed, percentiles=PERCENTILES, progress=progress,
+                       label=f"{VARIANT_LABELS[variant]}, seed {seed}")
+    result.update(variant=variant, seed=int(seed))
+    for t in THRESHOLDS:
+        result[f"steps_to_{round(t * 100)}"] = steps_to_accuracy(
+            result["steps"], result["test_acc"], t)
+    return result
+
+
+# The data set, handed to forked workers by inheritance rather than pickled once per run.
+_WORKER_DATA = None
+
+
+def _worker(seed, variant, settings):
+    from .threads import blas_threads
+    with blas_threads(1):  # one thread per process: the processes are the parallelism
+        return _one_run(_WORKER_DATA, seed, variant, settings, progress=False)
+
+
+def _parallel_runs(data, pairs, settings, jobs, progress):
+    """The runs in ``jobs`` worker processes; a line per finished run instead of progress bars."""
+    import concurrent.futures
+    import multiprocessing
+    global _WORKER_DATA
+    methods = multiprocessing.get_all_start_methods()
+    if "fork" not in methods:  # e.g. Windows: no cheap way to share the data, run in turn
+        return [_one_run(data, seed, variant, settings, progress) for seed, variant in pairs]
+    _WORKER_DATA = data
+    try:
+        with concurrent.futures.ProcessPoolExecutor(
+                jobs, mp_context=multiprocessing.get_context("fork")) as pool:
+            futures = [pool.submit(_worker, seed, variant, settings) for seed, variant in pairs]
+            for future in concurrent.futures.as_completed(futures):
+                r = future.result()
+                if progress:
+                    print(f"  {VARIANT_LABELS[r['variant']]}, seed {r['seed']}: test accuracy "
+                          f"{r['final_test_acc']:.4f} after {settings['steps']:,} steps "
+                          f"({r['seconds']:.0f} s)", flush=True)
+            return [f.result() for f in futures]
+    finally:
+        _WORKER_DATA = None
 
 
 def unit_drift(percentiles):

@@ -46,21 +46,6 @@ def exit_scope(prev):
     _GradMode.scope = prev
 
 
-class module_scope:
-    """``with module_scope(module):`` tags the nodes recorded inside with ``module``."""
-
-    def __init__(self, module):
-        self.module = module
-
-    def __enter__(self):
-        self._prev = _GradMode.scope
-        _GradMode.scope = self._prev + (self.module,)
-
-    def __exit__(self, *exc):
-        _GradMode.scope = self._prev
-        return False
-
-
 def is_grad_enabled():
     """Whether new operations are recorded in the graph."""
     return _GradMode.enabled

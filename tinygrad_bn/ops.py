@@ -1,6 +1,6 @@
 """The op table: every differentiable primitive, its numpy forward and its derivative, side by side.
 
-Each primitive is one block: ``Op(name, forward, backward)``.
+Each primitive is one block: ``Op(name, forward, *vjps)``.
 
 * ``forward(*arrays, **attrs) -> array`` runs on numpy arrays.
 * one derivative per input, each ``vjp(g, out, *inputs, **attrs) -> gradient for that input``:

@@ -255,3 +255,11 @@ def test_every_rule_runs_on_tensors_with_the_same_values():
                 results.append([x.grad.data for x in xs])
             for a, b in zip(*results):
                 np.testing.assert_allclose(a, b, rtol=1e-12, err_msg=s.label)
+
+
+def test_truth_value_and_float_of_tensors():
+    loss = Tensor(np.array(0.05))
+    assert (loss < 0.1) and not (loss > 0.1)
+    assert float(loss) == 0.05
+    with pytest.raises(ValueError, match=r"truth value of a tensor of shape \(3,\) is ambiguous"):
+        bool(Tensor(np.ones(3)) > 0)

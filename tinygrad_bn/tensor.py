@@ -99,6 +99,16 @@ class Tensor:
     def __array__(self, dtype=None, copy=None):
         return self.data if dtype is None else self.data.astype(dtype)
 
+    def __bool__(self):
+        # Without this every Tensor is truthy, so `if loss < 0.1:` would silently always pass.
+        if self.data.size != 1:
+            raise ValueError(f"the truth value of a tensor of shape {self.shape} is ambiguous; "
+                             f"use (t > 0).data.any() or .all()")
+        return bool(self.data.item())
+
+    def __float__(self):
+        return float(self.item())
+
     def __len__(self):
         if self.data.ndim == 0:
             raise TypeError("len() of a 0-d tensor")

@@ -263,3 +263,11 @@ def test_truth_value_and_float_of_tensors():
     assert float(loss) == 0.05
     with pytest.raises(ValueError, match=r"truth value of a tensor of shape \(3,\) is ambiguous"):
         bool(Tensor(np.ones(3)) > 0)
+
+
+def test_requires_grad_in_place():
+    x = Tensor(np.ones(2)).requires_grad_()
+    (x * 3).sum().backward()
+    np.testing.assert_array_equal(x.grad.data, [3, 3])
+    with pytest.raises(RuntimeError, match="detach"):
+        (x * 2).requires_grad_(False)

@@ -91,6 +91,14 @@ class Tensor:
         """The same data, cut from the graph (no gradient flows through it)."""
         return Tensor._wrap(self.data)
 
+    def requires_grad_(self, requires_grad=True):
+        """Start (or stop) recording operations on this leaf; returns the tensor."""
+        if self._ctx is not None and not requires_grad:
+            raise RuntimeError("requires_grad_(False) on a tensor computed in a graph; use "
+                               ".detach() to get a tensor without history")
+        self.requires_grad = bool(requires_grad)
+        return self
+
     def retain_grad(self):
         """Keep ``.grad`` on this non-leaf tensor after ``backward()``."""
         self._retains_grad = True

@@ -268,6 +268,7 @@ class Tensor:
     def log_softmax(self, axis=-1):
         """(x - max) - log(sum(exp(x - max)))."""
         shifted = self - self.data.max(axis=axis, keepdims=True)
+        shifted.name = "x − max"  # a label for the graph renderer
         return shifted - shifted.exp().sum(axis=axis, keepdims=True).log()
 
     # ---- shape ----

@@ -102,8 +102,10 @@ def cross_entropy(logits, targets, reduction="mean"):
     # A one-hot mask picks log p[target]: multiplying by a constant keeps the backward a product.
     onehot = np.zeros((n, c), dtype=logits.dtype)
     onehot[np.arange(n), t] = 1
-    per_example = -(logits.log_softmax(axis=1) * onehot).sum(axis=1)
-    return _reduce(per_example, reduction, "cross_entropy")
+    log_p = _named(logits.log_softmax(axis=1), "log softmax")
+    picked = _named((log_p * _named(Tensor(onehot), "one-hot(target)")).sum(axis=1),
+                    "log p[target]")
+    return _reduce(_named(-picked, "−log p[target]"), reduction, "cross_entropy")
 
 
 def mse_loss(input, target, reduction="mean"):

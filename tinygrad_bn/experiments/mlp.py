@@ -101,7 +101,7 @@ def steps_to_accuracy(steps, accuracies, threshold):
 
 def train_run(model, data, steps, lr, batch_size=60, eval_every=50, seed=0, optimizer=None,
               probe_layer=-1, percentiles=(15, 50, 85), progress=False, label="",
-              stop_on_nan=True):
+              stop_on_nan=True, on_eval=None):
     """Train ``model`` with minibatch SGD and evaluate it every ``eval_every`` steps (and at 0).
 
     ``data`` = (X_train, y_train, X_test, y_test). Each epoch is a fresh permutation (stream 1 of
@@ -112,6 +112,7 @@ def train_run(model, data, steps, lr, batch_size=60, eval_every=50, seed=0, opti
 
     Returns {"steps", "test_acc", "train_loss" (None at step 0), "percentiles" (ndarray
     (evals, len(percentiles), units)), "final_test_acc", "diverged", "seconds"}.
+    ``on_eval(step, train_loss, test_acc)``, if given, is called at every evaluation.
     """
     X_train, y_train, X_test, y_test = data
     if len(X_train) < batch_size:
@@ -132,8 +133,10 @@ def train_run(model, data, steps, lr, batch_size=60, eval_every=50, seed=0, opti
         out["train_loss"].append(loss_sum / loss_count if loss_count else None)
         inputs = activation_inputs(model, X_test, probe_layer)
         out["percentiles"].append(np.percentile(inputs, percentiles, axis=0))
+        if on_eval is not None:
+            on_eval(step, out["train_loss"][-1], out["test_acc"][-1])
 
-    bar = _progress_bar(steps, label) if progress else None
+    bar = progress_bar(steps, label) if progress else None
     start = time.perf_counter()
     model.train()
     record(0)
@@ -175,8 +178,9 @@ def train_run(model, data, steps, lr, batch_size=60, eval_every=50, seed=0, opti
     return out
 
 
-def _progress_bar(total, label):
+def progress_bar(total, label, position=None):
+    """A tqdm bar counting training steps (tqdm is an optional [demo] dependency)."""
     from .optional import require
     tqdm = require("tqdm", "the progress bar").tqdm
     return tqdm(total=total, desc=label or "train", unit="step", mininterval=0.5,
-                dynamic_ncols=True, leave=True)
+                dynamic_ncols=True, leave=True, position=position)

@@ -9,7 +9,7 @@ import os
 
 import numpy as np
 
-from .mlp import build_mlp, steps_to_accuracy, train_run
+from .mlp import build_mlp, progress_bar, steps_to_accuracy, train_run
 
 SCHEMA = "tinygrad_bn.mnist_bn/1"
 VARIANTS = ("no_bn", "bn")
@@ -71,14 +71,14 @@ def run_experiment(data, dataset="mnist5k", steps=None, lr=None, seeds=DEFAULTS[
     return {"schema": SCHEMA, "config": config, "runs": runs}
 
 
-def _one_run(data, seed, variant, settings, progress):
+def _one_run(data, seed, variant, settings, progress, on_eval=None):
     model = build_mlp(bn=variant == "bn", hidden=settings["hidden"],
                       init_std=settings["init_std"], activation=settings["activation"],
                       n_in=data[0].shape[1], seed=seed)
     result = train_run(model, data, settings["steps"], settings["lr"],
                        batch_size=settings["batch_size"], eval_every=settings["eval_every"],
                        seed=seed, percentiles=PERCENTILES, progress=progress,
-                       label=f"{VARIANT_LABELS[variant]}, seed {seed}")
+                       label=_label(seed, variant), on_eval=on_eval)
     result.update(variant=variant, seed=int(seed))
     for t in THRESHOLDS:
         result[f"steps_to_{round(t * 100)}"] = steps_to_accuracy(
@@ -86,38 +86,63 @@ def _one_run(data, seed, variant, settings, progress):
     return result
 
 
-# The data set, handed to forked workers by inheritance rather than pickled once per run.
+def _label(seed, variant):
+    return f"{VARIANT_LABELS[variant]}, seed {seed}"
+
+
+# Handed to forked workers by inheritance: the data set (rather than pickled once per run) and
+# the queue on which they report each evaluation for the parent's progress bars.
 _WORKER_DATA = None
+_WORKER_QUEUE = None
 
 
-def _worker(seed, variant, settings):
+def _worker(index, seed, variant, settings):
     from .threads import blas_threads
+
+    def report(step, loss, acc):
+        _WORKER_QUEUE.put((index, step, loss, acc))
     with blas_threads(1):  # one thread per process: the processes are the parallelism
-        return _one_run(_WORKER_DATA, seed, variant, settings, progress=False)
+        return _one_run(_WORKER_DATA, seed, variant, settings, progress=False,
+                        on_eval=report if _WORKER_QUEUE is not None else None)
 
 
 def _parallel_runs(data, pairs, settings, jobs, progress):
-    """The runs in ``jobs`` worker processes; a line per finished run instead of progress bars."""
+    """The runs in ``jobs`` worker processes; the parent draws one progress bar per run."""
     import concurrent.futures
     import multiprocessing
-    global _WORKER_DATA
-    methods = multiprocessing.get_all_start_methods()
-    if "fork" not in methods:  # e.g. Windows: no cheap way to share the data, run in turn
+    import queue as queue_module
+    global _WORKER_DATA, _WORKER_QUEUE
+    if "fork" not in multiprocessing.get_all_start_methods():
+        # e.g. Windows: no cheap way to share the data with workers, so run one after another
         return [_one_run(data, seed, variant, settings, progress) for seed, variant in pairs]
-    _WORKER_DATA = data
+    ctx = multiprocessing.get_context("fork")
+    _WORKER_DATA, _WORKER_QUEUE = data, ctx.Queue() if progress else None
+    bars = [progress_bar(settings["steps"], _label(seed, variant), position=i)
+            for i, (seed, variant) in enumerate(pairs)] if progress else []
+    done_steps = [0] * len(pairs)
     try:
-        with concurrent.futures.ProcessPoolExecutor(
-                jobs, mp_context=multiprocessing.get_context("fork")) as pool:
-            futures = [pool.submit(_worker, seed, variant, settings) for seed, variant in pairs]
-            for future in concurrent.futures.as_completed(futures):
-                r = future.result()
-                if progress:
-                    print(f"  {VARIANT_LABELS[r['variant']]}, seed {r['seed']}: test accuracy "
-                          f"{r['final_test_acc']:.4f} after {settings['steps']:,} steps "
-                          f"({r['seconds']:.0f} s)", flush=True)
-            return [f.result() for f in futures]
+        with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=ctx) as pool:
+            futures = [pool.submit(_worker, i, seed, variant, settings)
+                       for i, (seed, variant) in enumerate(pairs)]
+            while bars and not all(f.done() for f in futures):
+                try:
+                    i, step, loss, acc = _WORKER_QUEUE.get(timeout=0.2)
+                except queue_module.Empty:
+                    continue
+                bars[i].update(step - done_steps[i])
+                done_steps[i] = step
+                if loss is not None:
+                    bars[i].set_postfix(loss=f"{loss:.3f}", test_acc=f"{acc:.4f}", refresh=False)
+            runs = [f.result() for f in futures]
+        for bar, r in zip(bars, runs):
+            bar.update(r["steps"][-1] - bar.n)
+            if r["train_loss"][-1] is not None:
+                bar.set_postfix(loss=f"{r['train_loss'][-1]:.3f}",
+                                test_acc=f"{r['final_test_acc']:.4f}", refresh=False)
+            bar.close()
+        return runs
     finally:
-        _WORKER_DATA = None
+        _WORKER_DATA = _WORKER_QUEUE = None
 
 
 def unit_drift(percentiles):

@@ -208,7 +208,10 @@ def _backward(root, grad, retain_graph, create_graph):
         else:
             arrays, out = [p.data for p in inputs], t.data
         attrs = ctx.attrs
-        for p, vjp in zip(inputs, ctx.op.vjps):
+        # Last input first: it is usually the broadcast one (γ, β, μ, √(σ²+ε), a bias), whose
+        # full-size temporary is summed down and freed before the first input's full-size
+        # gradient is allocated, one array less at the peak.
+        for p, vjp in zip(reversed(inputs), reversed(ctx.op.vjps)):
             if not p.requires_grad:
                 continue
             pg = vjp(g, out, *arrays, **attrs)

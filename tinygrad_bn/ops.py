@@ -103,11 +103,18 @@ MUL = Op("mul", lambda x, y: x * y,
          lambda g, out, x, y: g * y,
          lambda g, out, x, y: g * x)
 
-# d(x/y)/dy = -x/y² = -out/y; negating the divisor, which is often a broadcast (1, C) vector,
-# saves a pass over the full-size gradient.
+def _div_vjp_y(g, out, x, y):
+    # d(x/y)/dy = -x/y² = -out/y. Negating the divisor (often a broadcast (1, C) vector) saves a
+    # pass; dividing the fresh product in place saves a full-size temporary. On Tensors the
+    # in-place operator falls back to `grad = grad / -y`, so the rule still records.
+    grad = g * out
+    grad /= -y
+    return grad
+
+
 DIV = Op("div", lambda x, y: x / y,
          lambda g, out, x, y: g / y,
-         lambda g, out, x, y: g * out / -y)
+         _div_vjp_y)
 
 # z = x ** y with a tensor exponent; dz/dy = z log x, taken as 0 where x <= 0.
 POW = Op("pow", lambda x, y: x ** y,
@@ -128,9 +135,18 @@ NEG = Op("neg", lambda x: -x,
          lambda g, out, x: -g)
 
 # z = x ** p for a constant p, kept as an attribute so the graph can show it.
+def _pow_scalar_vjp(g, out, x, exponent):
+    # p x^(p-1) g, with the common square as 2x g; the fresh 2x takes g in place (one
+    # full-size temporary fewer; on Tensors *= falls back to a recorded product).
+    if exponent == 2:
+        grad = x * 2
+        grad *= g
+        return grad
+    return g * exponent * x ** (exponent - 1)
+
+
 POW_SCALAR = Op("pow_scalar", lambda x, exponent: x ** exponent,
-                lambda g, out, x, exponent: g * (x * 2) if exponent == 2  # the common square
-                else g * exponent * x ** (exponent - 1))
+                _pow_scalar_vjp)
 
 SQRT = Op("sqrt", np.sqrt,
           lambda g, out, x: g / (out * 2))

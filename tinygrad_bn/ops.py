@@ -173,11 +173,26 @@ def _sigmoid(x):
     return np.reciprocal(e, out=e)
 
 
+def _sigmoid_vjp(g, out, x):
+    # g σ (1 − σ), built in one fresh array (in place for arrays, recorded for Tensors)
+    grad = 1 - out
+    grad *= out
+    grad *= g
+    return grad
+
+
 SIGMOID = Op("sigmoid", _sigmoid,
-             lambda g, out, x: g * out * (1 - out))
+             _sigmoid_vjp)
+
+
+def _tanh_vjp(g, out, x):
+    grad = 1 - out * out
+    grad *= g
+    return grad
+
 
 TANH = Op("tanh", np.tanh,
-          lambda g, out, x: g * (1 - out * out))
+          _tanh_vjp)
 
 
 # ---- linear algebra: z = x @ y over the last two axes, leading axes broadcast ----

@@ -3,6 +3,8 @@ dtypes, broadcasting, reductions. Driven by ops.PRIMITIVES and samples.SAMPLES."
 import numpy as np
 import pytest
 from conftest import numeric_vjp
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tinygrad_bn import Tensor, ops
 from tinygrad_bn.samples import SAMPLES, make_inputs
@@ -190,3 +192,54 @@ def test_python_scalars_keep_float32():
     for y in (x * 2.5, 2.5 * x, x + 1, x / 3.0, x ** 2, 1 - x):
         assert y.dtype == np.float32
 
+
+
+# ---- property tests: random broadcastable shapes and random reduction axes ----
+
+
+
+@st.composite
+def broadcast_pair(draw):
+    """Two shapes numpy can broadcast: each axis of the shorter one is the other's or 1."""
+    full = draw(st.lists(st.integers(1, 4), min_size=0, max_size=3))
+    drop = draw(st.integers(0, len(full)))
+    short = [n if draw(st.booleans()) else 1 for n in full[drop:]]
+    return (tuple(full), tuple(short)) if draw(st.booleans()) else (tuple(short), tuple(full))
+
+
+@settings(max_examples=40, deadline=None)
+@given(shapes=broadcast_pair(), op=st.sampled_from(["add", "sub", "mul", "div"]),
+       seed=st.integers(0, 2**16))
+def test_broadcast_gradients_property(shapes, op, seed):
+    rng = np.random.default_rng(seed)
+    fn = {"add": lambda x, y: x + y, "sub": lambda x, y: x - y,
+          "mul": lambda x, y: x * y, "div": lambda x, y: x / y}[op]
+    arrays = [rng.uniform(0.5, 1.5, s) for s in shapes]
+    xs = [Tensor(a, requires_grad=True) for a in arrays]
+    y = fn(*xs)
+    assert y.shape == np.broadcast_shapes(*shapes)
+    upstream = rng.standard_normal(y.shape)
+    y.backward(upstream)
+    for x, e in zip(xs, numeric_vjp(fn, [a.copy() for a in arrays], upstream)):
+        assert x.grad.shape == x.shape
+        np.testing.assert_allclose(x.grad.data, e, rtol=1e-6, atol=1e-8)
+
+
+@settings(max_examples=40, deadline=None)
+@given(shape=st.lists(st.integers(1, 4), min_size=1, max_size=3), data=st.data(),
+       reduction=st.sampled_from(["sum", "mean", "max", "var"]), keepdims=st.booleans())
+def test_reduction_gradients_property(shape, data, reduction, keepdims):
+    ndim = len(shape)
+    axes = data.draw(st.one_of(st.none(), st.integers(-ndim, ndim - 1),
+                               st.sets(st.integers(0, ndim - 1), min_size=1).map(tuple)))
+    n = int(np.prod(shape))
+    a = (np.random.default_rng(n).permutation(n) * 0.37).reshape(shape)  # distinct: no max ties
+    x = Tensor(a, requires_grad=True)
+    y = getattr(x, reduction)(axis=axes, keepdims=keepdims)
+    np.testing.assert_allclose(y.data, getattr(a, reduction)(axis=axes, keepdims=keepdims),
+                               rtol=1e-12, atol=1e-12)
+    upstream = np.random.default_rng(1).standard_normal(y.shape)
+    y.backward(upstream)
+    (e,) = numeric_vjp(lambda b: getattr(b, reduction)(axis=axes, keepdims=keepdims),
+                       [a.copy()], upstream)
+    np.testing.assert_allclose(x.grad.data, e, rtol=1e-6, atol=1e-7)

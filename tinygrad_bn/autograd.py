@@ -126,6 +126,8 @@ def unbroadcast(g, shape, op_name):
         return g
     plan = _REDUCE_PLANS.get((g.shape, shape))
     if plan is None:
+        if len(_REDUCE_PLANS) > 4096:  # many distinct shapes (varying batch sizes): start over
+            _REDUCE_PLANS.clear()
         plan = _REDUCE_PLANS[(g.shape, shape)] = _reduce_plan(g.shape, shape)
     axes, keepdims = plan
     if axes:

@@ -8,7 +8,10 @@ import numbers
 
 import numpy as np
 
-from . import autograd, ops
+from . import allocator, autograd, ops
+
+# Every op allocates a fresh array: let malloc reuse freed blocks instead of refaulting pages.
+allocator.keep_freed_memory()
 
 
 def _to_array(data, dtype):

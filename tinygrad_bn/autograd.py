@@ -180,7 +180,7 @@ def _backward(root, grad, retain_graph, create_graph):
     owned = set()
     # Buffers stored in some .grad during this pass, never to be stored twice; the caller's
     # gradient counts as one, so a leaf gets a copy of it, never the caller's array itself.
-    handed_out = {id(grad if type(grad) is not np.ndarray or grad.base is None else grad.base)}
+    handed_out = {_buffer_id(grad)}
     while order:
         t = order.pop()
         g = grads.pop(t, None)
@@ -246,13 +246,16 @@ def _accumulate(t, g, handed_out):
     """
     if t.grad is not None:
         arr = t.grad.data + g
+    elif type(g) is np.ndarray and g.flags.writeable and _buffer_id(g) not in handed_out:
+        arr = g
     else:
-        owner = g if type(g) is not np.ndarray or g.base is None else g.base
-        if type(g) is np.ndarray and g.flags.writeable and id(owner) not in handed_out:
-            arr = g
-        else:
-            arr = np.array(g, dtype=t.data.dtype)
+        arr = np.array(g, dtype=t.data.dtype)
     if arr.dtype != t.data.dtype:
         arr = arr.astype(t.data.dtype)
-    handed_out.add(id(arr if arr.base is None else arr.base))
+    handed_out.add(_buffer_id(arr))
     t.grad = t._wrap(arr)  # always a plain Tensor, also for a Parameter
+
+
+def _buffer_id(a):
+    """The id of the array that owns ``a``'s memory (numpy points every view at its owner)."""
+    return id(a if type(a) is not np.ndarray or a.base is None else a.base)

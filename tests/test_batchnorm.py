@@ -7,7 +7,7 @@ import pytest
 from conftest import numeric_vjp
 
 from tinygrad_bn import Tensor, nn
-from tinygrad_bn.autograd import toposort
+from tinygrad_bn.autograd import is_node, toposort
 from tinygrad_bn.nn import functional as F
 
 
@@ -51,13 +51,15 @@ def test_batch_norm_is_built_from_primitives_through_the_mean():
     x = Tensor(np.random.default_rng(0).standard_normal((8, 3)), requires_grad=True)
     bn = nn.BatchNorm1d(3).double()
     y = bn(x)
-    ops_used = [t._ctx.op.name for t in toposort(y) if t._ctx is not None]
+    nodes = [v for v in toposort(y) if is_node(v)]
+    ops_used = [v.op.name for v in nodes]
     assert {"mean", "sub", "pow_scalar", "add", "sqrt", "div", "mul"} <= set(ops_used)
     assert ops_used.count("mean") == 2  # mu and sigma², both on the graph
-    var = next(t for t in toposort(y) if t.name == "σ²_B")
+    var = next(v for v in nodes if v.name == "σ²_B")
     # the variance's graph reaches x through the mean as well as directly (not detached)
-    centered = var._ctx.inputs[0]._ctx.inputs[0]
-    assert centered.name == "x − μ_B" and centered._ctx.inputs[1].name == "μ_B"
+    centered = var.parents[0].parents[0]
+    assert centered.name == "x − μ_B" and centered.parents[1].name == "μ_B"
+    assert centered.parents[0] is x and centered.parents[1].parents[0] is x
 
 
 def test_output_is_normalized_then_affine():
@@ -153,3 +155,23 @@ def test_affine_false_has_no_parameters():
     assert bn.parameters() == []
     y = bn(Tensor(np.random.default_rng(0).standard_normal((5, 3)))).data
     np.testing.assert_allclose(y.mean(0), 0, atol=1e-12)
+
+
+def test_graph_keeps_only_the_full_size_arrays_the_derivatives_read():
+    # After the forward the chain rule needs x − μ_B (for ∂σ²/∂x) and x̂ (for ∂L/∂γ and the
+    # division's rule) besides the input; (x − μ_B)² and γ·x̂ are only needed as shapes.
+    x = Tensor(np.random.default_rng(2).standard_normal((32, 5)), requires_grad=True)
+    bn = nn.BatchNorm1d(5).double()
+    y = bn(x)
+    held = {}
+    for v in toposort(y):
+        if is_node(v):
+            arrays = [a.data for a in v.args if not is_node(a)] + [v.out]
+            held.update((id(a), a) for a in arrays if a is not None and a.shape == x.shape)
+    mu = x.data.mean(axis=0)
+    x_hat = (x.data - mu) / np.sqrt(x.data.var(axis=0) + bn.eps)
+    found = sorted(held.values(), key=lambda a: float(np.abs(a).sum()))
+    assert len(found) == 3, [a[0, :2] for a in found]
+    expect = sorted([x.data, x.data - mu, x_hat], key=lambda a: float(np.abs(a).sum()))
+    for got, want in zip(found, expect):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)

@@ -214,3 +214,18 @@ def test_cli_graph(tmp_path, capsys):
     assert cli_main(["graph", "--model", "mlp", "--backward", "--no-grad",
                      "--out", str(tmp_path / "m.png")]) == 0
     assert cli_main(["graph", "--out", str(tmp_path / "x.txt")]) == 2
+
+
+def test_values_the_graph_did_not_keep_are_marked_and_keep_values_keeps_them():
+    # (x − μ_B)² is read by no derivative, so a normal graph frees it during the forward
+    bn, _, _, out = bn_graph(grad=True)
+    square = next(s for s in nodes(viz.to_dot(out, bn, show_grad=True)).values()
+                  if re.search(r"μ_B\)²\s+pow", s))
+    assert re.search(r"value\s+not kept", square) and "keep_values" in square
+    assert re.search(r"grad\s+mean \S+", square)  # its gradient was still captured
+    with viz.keep_values():
+        bn, x, _, out = bn_graph(grad=True)
+    square = next(s for s in nodes(viz.to_dot(out, bn, show_grad=True)).values()
+                  if re.search(r"μ_B\)²\s+pow", s))
+    centered = x.data - x.data.mean(axis=0)
+    assert f"max {(centered ** 2).max():.3g}" in square

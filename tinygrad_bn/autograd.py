@@ -1,37 +1,72 @@
 """The reverse-mode engine: graph records, grad mode, the graph walk and the backward pass.
 
-Works on any object with ``data``, ``requires_grad``, ``grad``, ``_ctx`` and ``_retains_grad``
-(the ``Tensor``); it never imports ``tensor.py``. A ``Node`` points to its inputs only, never to
-its output, so a graph is freed by reference counting as soon as its output is unreachable.
+The graph is made of ``Node`` records, one per recorded operation (PyTorch's ``grad_fn``). A
+tensor points to the node that made it (``_ctx``); a node points to its parents (the nodes of
+its inputs, or the input tensors themselves for leaves and constants), never to its output, so
+a graph is freed by reference counting as soon as its output is unreachable. A node keeps only
+the arrays its derivative reads (``Op.reads``): an intermediate that no derivative reads, like
+the square in ``mean((x - mu)**2)``, is freed as soon as the forward pass drops it.
+
+Works on any object with ``data``, ``requires_grad``, ``grad`` and ``_ctx`` (the ``Tensor``);
+it never imports ``tensor.py``.
 """
 import itertools
+import weakref
 
 import numpy as np
 
 
 class Node:
-    """How a tensor was made: the primitive, its input tensors, its attributes, and the modules
-    (outermost first) whose forward was running, so the renderer can group nodes by layer.
+    """How a tensor was made: the primitive, its parents, what its derivative reads, and the
+    modules (outermost first) whose forward was running, so the renderer can group by layer.
 
-    ``seq`` numbers nodes in creation order. A tensor is always made after its inputs, so
-    sorting by ``seq`` is a topological order without a depth-first search.
+    parents: per input, that input's node, or the input tensor itself if it has none (a leaf
+        or a constant). These are the edges the graph walk follows.
+    args: per input, what the derivative gets for it: the input tensor if ``op`` reads it,
+        else the parent (only its ``.shape`` is used). None once backward() released the node.
+    out: the output array if ``op`` reads it, else None.
+    shape, dtype: of the output, for reducing broadcast gradients without the output's array.
+    seq: creation order. A tensor is always made after its inputs, so sorting by ``seq`` is a
+        topological order without a depth-first search.
+    name, grad, retains: the output tensor's name (labels the graph drawing), and its gradient
+        when asked for with ``retain_grad()`` (``retains`` is a weak reference to that tensor,
+        or True to keep it on the node, as the renderer does).
     """
 
-    __slots__ = ("op", "inputs", "attrs", "scope", "seq")
+    __slots__ = ("op", "parents", "args", "out", "attrs", "scope", "seq", "shape", "dtype",
+                 "name", "grad", "retains")
+    requires_grad = True  # a node exists only if an input needs a gradient
 
-    def __init__(self, op, inputs, attrs, scope=(), seq=0):
-        self.op, self.inputs, self.attrs, self.scope, self.seq = op, inputs, attrs, scope, seq
+    def __init__(self, op, parents, args, out, attrs, scope, seq, shape, dtype):
+        self.op, self.parents, self.args, self.out, self.attrs = op, parents, args, out, attrs
+        self.scope, self.seq, self.shape, self.dtype = scope, seq, shape, dtype
+        self.name = self.grad = self.retains = None
+
+    @property
+    def ndim(self):
+        return len(self.shape)
+
+    def __repr__(self):
+        return f"Node({self.op.name}, shape={self.shape}, seq={self.seq})"
+
+
+def is_node(vertex):
+    """Whether a vertex of the graph walk is a recorded operation (else it is a tensor)."""
+    return type(vertex) is Node
+
+
+def is_released(vertex):
+    """Whether backward() already freed what this node saved (retain_graph=False)."""
+    return type(vertex) is Node and vertex.args is None
 
 
 _next_seq = itertools.count(1).__next__
 _add_reduce = np.add.reduce
 
-# Marks a tensor whose graph backward() has already released (PyTorch's retain_graph=False).
-FREED = Node(None, (), {})
-
 
 class _GradMode:
     enabled = True
+    keep_values = False  # keep_values(): nodes save every array (for drawing)
     scope = ()  # the modules whose forward is running, outermost first
 
 
@@ -85,39 +120,81 @@ class enable_grad(_SetGradMode):
     mode = True
 
 
-def record(op, inputs, attrs):
-    """The one place graph nodes are made: a Node if grad mode is on and an input needs grad."""
+def record(op, inputs, attrs, out):
+    """The one place graph nodes are made: a Node if grad mode is on and an input needs grad.
+
+    ``out`` is the forward result; the node keeps it only if the op's derivative reads it.
+    """
     if _GradMode.enabled:
         for t in inputs:
             if t.requires_grad:
-                return Node(op, inputs, attrs, _GradMode.scope, _next_seq())
+                return _make_node(op, inputs, attrs, out)
     return None
 
 
-def toposort(root, grad_only=True):
-    """Tensors of the graph that made ``root``, every input before the tensors made from it.
+def _make_node(op, inputs, attrs, out):
+    if len(inputs) == 1:  # spelled out: this runs for every recorded operation
+        t = inputs[0]
+        parents = (t._ctx or t,)
+    else:
+        parents = tuple([t._ctx or t for t in inputs])
+    keep = _GradMode.keep_values
+    if keep or op.reads_all:
+        args = inputs
+    elif op.reads_none:
+        args = parents
+    else:
+        args = tuple([t if r else p for t, p, r in zip(inputs, parents, op.reads_inputs)])
+    return Node(op, parents, args, out if keep or op.reads_out else None, attrs,
+                _GradMode.scope, _next_seq(), out.shape, out.dtype)
 
-    Collects the reachable tensors with an explicit stack (no recursion, so depth is limited by
-    memory, not by Python's recursion limit), then sorts them by creation order, which is
-    topological (``Node.seq``); leaves come first. ``grad_only`` skips inputs that need no
-    gradient (the backward pass); the renderer walks everything.
+
+class keep_values(_SetGradMode):
+    """Inside ``with keep_values():`` nodes keep every input and output array, not only what
+    their derivative reads, so the renderer can show every intermediate value."""
+
+    def __enter__(self):
+        self._prev = _GradMode.keep_values
+        _GradMode.keep_values = True
+        return self
+
+    def __exit__(self, *exc):
+        _GradMode.keep_values = self._prev
+        return False
+
+
+def saved_arrays(node):
+    """(out, per-input arguments) exactly as backward() calls ``node``'s derivative rules with
+    them: the arrays the op reads, stand-ins with a ``.shape`` for the rest."""
+    return node.out, [a.data if r else a for a, r in zip(node.args, node.op.reads_inputs)]
+
+
+def toposort(root, grad_only=True):
+    """The vertices of the graph that made tensor ``root``, every input before its consumers.
+
+    A vertex is a ``Node`` (a recorded operation, standing for the tensor it made) or a tensor
+    without a node (a leaf or a constant); the root's vertex is ``root._ctx`` unless root is a
+    leaf. Collects the reachable vertices with an explicit stack (no recursion, so depth is
+    limited by memory, not by Python's recursion limit), then sorts them by creation order,
+    which is topological (``Node.seq``); leaves come first. ``grad_only`` skips inputs that need
+    no gradient (the backward pass); the renderer walks everything.
     """
-    seen = {root}
-    stack = [root]
+    start = root._ctx or root
+    seen = {start}
+    stack = [start]
     pop, push, add = stack.pop, stack.append, seen.add
     while stack:
-        ctx = pop()._ctx
-        if ctx is not None:
-            for p in ctx.inputs:
+        v = pop()
+        if type(v) is Node:
+            for p in v.parents:
                 if p not in seen and (p.requires_grad or not grad_only):
                     add(p)
                     push(p)
     return sorted(seen, key=_creation_order)
 
 
-def _creation_order(t):
-    ctx = t._ctx
-    return -1 if ctx is None else ctx.seq
+def _creation_order(v):
+    return v.seq if type(v) is Node else -1
 
 
 def unbroadcast(g, shape, op_name):
@@ -156,72 +233,87 @@ def _reduce_plan(gshape, shape):
 
 
 def backward(root, grad, retain_graph=False, create_graph=False):
-    """Reverse-mode pass from ``root`` with upstream gradient ``grad`` (an array of root's shape).
+    """Reverse-mode pass from tensor ``root`` with upstream gradient ``grad`` (an array of root's
+    shape).
 
     Gradients of intermediates live in a local dict and are dropped once used; leaf gradients
-    (and those of tensors that called ``retain_grad()``) are accumulated into ``.grad`` as new
-    arrays. Unless ``retain_graph``, each node's record is released as soon as its derivative
-    has run, so saved arrays are freed during the pass rather than after it.
+    (and those of tensors that called ``retain_grad()``) are accumulated into ``.grad``. Unless
+    ``retain_graph``, each node releases what it saved as soon as its derivative has run, so
+    saved arrays are freed during the pass rather than after it.
 
     With ``create_graph`` the derivative rules run on Tensors instead of arrays, so the
     gradients are themselves recorded and can be differentiated again (higher order).
     """
+    wrap = root._wrap
     if create_graph:
         with enable_grad():
-            return _backward(root, root._wrap(grad), True, True)
-    return _backward(root, grad, retain_graph, False)
+            return _backward(root, wrap(grad), True, True, wrap)
+    return _backward(root, grad, retain_graph, False, wrap)
 
 
-def _backward(root, grad, retain_graph, create_graph):
+def _backward(root, grad, retain_graph, create_graph, wrap):
     order = toposort(root)
-    grads = {root: grad}
-    # Tensors whose entry in ``grads`` is an array only this pass holds (a fresh result of a
+    grads = {order[-1]: grad}
+    # Vertices whose entry in ``grads`` is an array only this pass holds (a fresh result of a
     # derivative rule): further contributions are added into it in place, saving an allocation.
     owned = set()
     # Buffers stored in some .grad during this pass, never to be stored twice; the caller's
     # gradient counts as one, so a leaf gets a copy of it, never the caller's array itself.
     handed_out = {_buffer_id(grad)}
     while order:
-        t = order.pop()
-        g = grads.pop(t, None)
+        v = order.pop()
+        g = grads.pop(v, None)
         if g is None:
             continue
-        owned.discard(t)
-        ctx = t._ctx
-        if ctx is FREED:
+        owned.discard(v)
+        if type(v) is not Node:  # a leaf
+            if create_graph:
+                v.grad = g if v.grad is None else v.grad + g
+            else:
+                _accumulate(v, g, v.data.dtype, handed_out, wrap)
+            continue
+        args = v.args
+        if args is None:
             raise RuntimeError(
                 "backward through a graph whose saved values were already freed by an earlier "
                 "backward(); call backward(retain_graph=True) the first time if you need a "
                 "second pass")
-        if ctx is None or t._retains_grad:
-            if create_graph:
-                t.grad = g if t.grad is None else t.grad + g
-            else:
-                _accumulate(t, g, handed_out)
-        if ctx is None:
-            continue
-        inputs = ctx.inputs
+        if v.retains is not None:
+            _retain(v, g, create_graph, handed_out, wrap)
+        op = v.op
         if create_graph:
-            arrays, out = inputs, t
-        elif len(inputs) == 1:  # spelled out: this runs once per node of every graph
-            arrays, out = (inputs[0].data,), t.data
-        elif len(inputs) == 2:
-            arrays, out = (inputs[0].data, inputs[1].data), t.data
+            arrays = args
+            out = v.out
+            if out is not None:  # the output as a tensor of this graph, for second derivatives
+                out = wrap(out, True)
+                out._ctx = v
         else:
-            arrays, out = [p.data for p in inputs], t.data
-        attrs = ctx.attrs
+            reads = op.reads_inputs
+            if len(args) == 2:  # spelled out: this runs once per node of every graph
+                a, b = args
+                arrays = (a.data if reads[0] else a, b.data if reads[1] else b)
+            elif len(args) == 1:
+                arrays = (args[0].data,) if reads[0] else args
+            else:
+                arrays = [a.data if r else a for a, r in zip(args, reads)]
+            out = v.out
+        attrs = v.attrs
         # Last input first: it is usually the broadcast one (γ, β, μ, √(σ²+ε), a bias), whose
         # full-size temporary is summed down and freed before the first input's full-size
         # gradient is allocated, one array less at the peak.
-        for p, vjp in zip(reversed(inputs), reversed(ctx.op.vjps)):
+        for p, vjp in zip(reversed(v.parents), reversed(op.vjps)):
             if not p.requires_grad:
                 continue
             pg = vjp(g, out, *arrays, **attrs)
-            pdata = p.data
-            if pg.shape != pdata.shape:
-                pg = unbroadcast(pg, pdata.shape, ctx.op.name)
-            if pg.dtype != pdata.dtype and type(pg) is np.ndarray:
-                pg = pg.astype(pdata.dtype)
+            if type(p) is Node:
+                pshape, pdtype = p.shape, p.dtype
+            else:
+                pdata = p.data
+                pshape, pdtype = pdata.shape, pdata.dtype
+            if pg.shape != pshape:
+                pg = unbroadcast(pg, pshape, op.name)
+            if pg.dtype != pdtype and type(pg) is np.ndarray:
+                pg = pg.astype(pdtype)
             prev = grads.get(p)
             if prev is None:
                 grads[p] = pg
@@ -234,10 +326,34 @@ def _backward(root, grad, retain_graph, create_graph):
                 if type(prev) is np.ndarray:
                     owned.add(p)
         if not retain_graph:
-            t._ctx = FREED
+            # Drop the saved arrays and the edges: a released node raises if reached again.
+            v.args = v.out = None
+            v.parents = ()
 
 
-def _accumulate(t, g, handed_out):
+def _retain(node, g, create_graph, handed_out, wrap):
+    """Store the gradient of a node's output where ``retain_grad()`` asked for it."""
+    holder = node if node.retains is True else node.retains()
+    if holder is None:  # the tensor is gone: nobody can read its gradient any more
+        return
+    if create_graph:
+        holder.grad = g if holder.grad is None else holder.grad + g
+    else:
+        _accumulate(holder, g, node.dtype, handed_out, wrap)
+
+
+def retain_grad(tensor):
+    """Keep the gradient of a non-leaf tensor in its ``.grad`` after backward()."""
+    tensor._ctx.retains = weakref.ref(tensor)
+
+
+def retain_node_grad(node):
+    """Keep the gradient of a node's output on the node itself (``node.grad``), also when no
+    tensor of it is alive any more: how the renderer captures every intermediate gradient."""
+    node.retains = True
+
+
+def _accumulate(t, g, dtype, handed_out, wrap):
     """Add ``g`` into ``t.grad``, always as an array no other tensor or caller holds.
 
     ``handed_out`` holds the ids of the buffers already stored in some ``.grad`` in this pass.
@@ -249,11 +365,11 @@ def _accumulate(t, g, handed_out):
     elif type(g) is np.ndarray and g.flags.writeable and _buffer_id(g) not in handed_out:
         arr = g
     else:
-        arr = np.array(g, dtype=t.data.dtype)
-    if arr.dtype != t.data.dtype:
-        arr = arr.astype(t.data.dtype)
+        arr = np.array(g, dtype=dtype)
+    if arr.dtype != dtype:
+        arr = arr.astype(dtype)
     handed_out.add(_buffer_id(arr))
-    t.grad = t._wrap(arr)  # always a plain Tensor, also for a Parameter
+    t.grad = wrap(arr)  # always a plain Tensor, also for a Parameter
 
 
 def _buffer_id(a):

@@ -11,7 +11,7 @@ import warnings
 import numpy as np
 
 from . import ops
-from .autograd import no_grad, toposort
+from .autograd import is_node, no_grad, toposort
 from .nn import functional as F
 from .tensor import Tensor
 
@@ -121,7 +121,7 @@ def _backward(out, tensors, u, jacobian):
     if not out.requires_grad:  # fn ignores its inputs: every gradient is zero
         return (grads, jacs) if jacobian else grads
     mine = {id(t) for t in tensors}
-    others = [t for t in toposort(out) if t._ctx is None and id(t) not in mine]
+    others = [t for t in toposort(out) if not is_node(t) and id(t) not in mine]
     saved = [t.grad for t in others]
 
     def run(g, retain):
@@ -321,16 +321,16 @@ def _kinks(out, eps):
     difference then averages the slopes of both sides: it matches neither one-sided derivative.
     """
     found = []
-    for t in toposort(out):
-        ctx = t._ctx
-        if ctx is None or ctx.op is None:
+    for node in toposort(out):
+        if not is_node(node):
             continue
-        if ctx.op is ops.RELU:
-            n = int(np.sum(np.abs(ctx.inputs[0].data) <= 10 * eps))
+        # relu and max read their input, so the node still holds it (ops.Op.reads)
+        if node.op is ops.RELU:
+            n = int(np.sum(np.abs(node.args[0].data) <= 10 * eps))
             if n:
                 found.append(("relu", n))
-        elif ctx.op is ops.MAX:
-            x, axis = ctx.inputs[0].data, ctx.attrs["axis"]
+        elif node.op is ops.MAX:
+            x, axis = node.args[0].data, node.attrs["axis"]
             top = x.max(axis=axis, keepdims=True)
             near = np.sum(x >= top - 10 * eps, axis=axis)
             n = int(np.sum(near > 1))

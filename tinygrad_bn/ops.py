@@ -1,11 +1,15 @@
 """The op table: every differentiable primitive, its numpy forward and its derivative, side by side.
 
-Each primitive is one block: ``Op(name, forward, *vjps)``.
+Each primitive is one block: ``Op(name, forward, *vjps, reads=...)``.
 
 * ``forward(*arrays, **attrs) -> array`` runs on numpy arrays.
 * one derivative per input, each ``vjp(g, out, *inputs, **attrs) -> gradient for that input``:
   ``g`` is the gradient of the output, ``out`` the forward result. The engine calls only the
   ones whose input needs a gradient (so ``x @ W`` with a data ``x`` never computes ``g @ W``).
+* ``reads``: which of ``x``, ``y`` (the inputs, in order) and ``out`` the derivatives read.
+  The graph keeps only those arrays alive until backward; an input that is not read reaches
+  the rule as a stand-in with just ``.shape``. So ``mean((x - mu)**2)`` does not hold on to
+  the full-size square, only to what the chain rule needs (PyTorch's saved tensors).
 
 A backward rule may return a gradient that is only *broadcastable* to its input's shape: the
 engine reduces broadcast axes once, for every op (``autograd.unbroadcast``). Rules use only
@@ -20,12 +24,24 @@ import numpy as np
 
 
 class Op:
-    """A primitive: name, numpy forward, and one derivative (vjp) per input."""
+    """A primitive: name, numpy forward, one derivative (vjp) per input, and what they read."""
 
-    __slots__ = ("name", "forward", "vjps")
+    __slots__ = ("name", "forward", "vjps", "reads", "reads_inputs", "reads_out", "reads_all",
+                 "reads_none")
 
-    def __init__(self, name, forward, *vjps):
+    def __init__(self, name, forward, *vjps, reads=None):
         self.name, self.forward, self.vjps = name, forward, vjps
+        names = ("x", "y")[:len(vjps)]
+        if reads is None:  # undeclared: keep everything, always correct
+            reads = names + ("out",)
+        unknown = set(reads) - set(names) - {"out"}
+        if unknown:
+            raise ValueError(f"Op {name}: reads names {sorted(unknown)}; its derivatives can "
+                             f"read {names + ('out',)}")
+        self.reads = tuple(reads)
+        self.reads_inputs = tuple(n in reads for n in names)
+        self.reads_out = "out" in reads
+        self.reads_all, self.reads_none = all(self.reads_inputs), not any(self.reads_inputs)
 
     def __repr__(self):
         return f"Op({self.name})"
@@ -93,33 +109,45 @@ def _reduced_grad(g, x, axis, keepdims):
 
 ADD = Op("add", lambda x, y: x + y,
          lambda g, out, x, y: g,
-         lambda g, out, x, y: g)
+         lambda g, out, x, y: g,
+         reads=())
 
 SUB = Op("sub", lambda x, y: x - y,
          lambda g, out, x, y: g,
-         lambda g, out, x, y: -g)
+         lambda g, out, x, y: -g,
+         reads=())
 
 MUL = Op("mul", lambda x, y: x * y,
          lambda g, out, x, y: g * y,
-         lambda g, out, x, y: g * x)
+         lambda g, out, x, y: g * x,
+         reads=("x", "y"))
 
 def _div_vjp_y(g, out, x, y):
-    # d(x/y)/dy = -x/y² = -out/y. Negating the divisor (often a broadcast (1, C) vector) saves a
-    # pass; dividing the fresh product in place saves a full-size temporary. On Tensors the
-    # in-place operator falls back to `grad = grad / -y`, so the rule still records.
-    grad = g * out
-    grad /= -y
+    # d(x/y)/dy = -x/y². Written with x, not with the output x/y: then the graph need not keep
+    # x/y (batch norm's x̂) alive until this rule runs, one full-size array less at the peak.
+    # For a broadcast divisor (batch norm's (1, C) √(σ²+ε)) -1/y² is a small vector and the
+    # rule makes two passes over the full size; a full-size divisor is divided twice instead
+    # of squared, so y² cannot overflow. On Tensors the in-place operators fall back to
+    # recorded ones, so the rule still records.
+    grad = g * x
+    if y.size < grad.size:
+        grad *= -1 / (y * y)
+    else:
+        grad /= y
+        grad /= -y
     return grad
 
 
 DIV = Op("div", lambda x, y: x / y,
          lambda g, out, x, y: g / y,
-         _div_vjp_y)
+         _div_vjp_y,
+         reads=("x", "y"))
 
 # z = x ** y with a tensor exponent; dz/dy = z log x, taken as 0 where x <= 0.
 POW = Op("pow", lambda x, y: x ** y,
          lambda g, out, x, y: g * y * x ** (y - 1),
-         lambda g, out, x, y: g * out * log_or_zero(x))
+         lambda g, out, x, y: g * out * log_or_zero(x),
+         reads=("x", "y", "out"))
 
 
 def log_or_zero(x):
@@ -132,7 +160,8 @@ def log_or_zero(x):
 # ---- elementwise unary ----
 
 NEG = Op("neg", lambda x: -x,
-         lambda g, out, x: -g)
+         lambda g, out, x: -g,
+         reads=())
 
 # z = x ** p for a constant p, kept as an attribute so the graph can show it.
 def _pow_scalar_vjp(g, out, x, exponent):
@@ -146,20 +175,25 @@ def _pow_scalar_vjp(g, out, x, exponent):
 
 
 POW_SCALAR = Op("pow_scalar", lambda x, exponent: x ** exponent,
-                _pow_scalar_vjp)
+                _pow_scalar_vjp,
+                reads=("x",))
 
 SQRT = Op("sqrt", np.sqrt,
-          lambda g, out, x: g / (out * 2))
+          lambda g, out, x: g / (out * 2),
+          reads=("out",))
 
 EXP = Op("exp", np.exp,
-         lambda g, out, x: g * out)
+         lambda g, out, x: g * out,
+         reads=("out",))
 
 LOG = Op("log", np.log,
-         lambda g, out, x: g / x)
+         lambda g, out, x: g / x,
+         reads=("x",))
 
 # relu'(0) is taken as 0, as PyTorch does.
 RELU = Op("relu", lambda x: np.maximum(x, 0),
-          lambda g, out, x: g * (x > 0))
+          lambda g, out, x: g * (x > 0),
+          reads=("x",))
 
 
 def _sigmoid(x):
@@ -182,7 +216,8 @@ def _sigmoid_vjp(g, out, x):
 
 
 SIGMOID = Op("sigmoid", _sigmoid,
-             _sigmoid_vjp)
+             _sigmoid_vjp,
+             reads=("out",))
 
 
 def _tanh_vjp(g, out, x):
@@ -192,7 +227,8 @@ def _tanh_vjp(g, out, x):
 
 
 TANH = Op("tanh", np.tanh,
-          _tanh_vjp)
+          _tanh_vjp,
+          reads=("out",))
 
 
 # ---- linear algebra: z = x @ y over the last two axes, leading axes broadcast ----
@@ -208,7 +244,8 @@ def _matmul_vjp_y(g, out, x, y):
 
 MATMUL = Op("matmul", lambda x, y: x @ y,
             lambda g, out, x, y: g @ swap_last(y),
-            _matmul_vjp_y)
+            _matmul_vjp_y,
+            reads=("x", "y"))
 
 
 # ---- reductions over ``axis``, a normalized tuple (see normalize_axis) ----
@@ -221,7 +258,8 @@ def _count(shape, axis):
 
 
 SUM = Op("sum", lambda x, axis, keepdims: np.add.reduce(x, axis, None, None, keepdims),
-         lambda g, out, x, axis, keepdims: expand(_reduced_grad(g, x, axis, keepdims), x.shape))
+         lambda g, out, x, axis, keepdims: expand(_reduced_grad(g, x, axis, keepdims), x.shape),
+         reads=())
 
 def _mean(x, axis, keepdims):
     # sum / n, as ndarray.mean computes it, without its Python-level bookkeeping.
@@ -235,7 +273,8 @@ def _mean(x, axis, keepdims):
 
 MEAN = Op("mean", _mean,
           lambda g, out, x, axis, keepdims: expand(
-              _reduced_grad(g, x, axis, keepdims) / _count(x.shape, axis), x.shape))
+              _reduced_grad(g, x, axis, keepdims) / _count(x.shape, axis), x.shape),
+          reads=())
 
 
 def _max_vjp(g, out, x, axis, keepdims):
@@ -245,16 +284,19 @@ def _max_vjp(g, out, x, axis, keepdims):
 
 
 MAX = Op("max", lambda x, axis, keepdims: x.max(axis=axis, keepdims=keepdims),
-         _max_vjp)
+         _max_vjp,
+         reads=("x", "out"))
 
 
 # ---- shape ----
 
 RESHAPE = Op("reshape", lambda x, shape: x.reshape(shape),
-             lambda g, out, x, shape: g.reshape(x.shape))
+             lambda g, out, x, shape: g.reshape(x.shape),
+             reads=())
 
 TRANSPOSE = Op("transpose", lambda x, axes: x.transpose(axes),
-               lambda g, out, x, axes: g.transpose(_inverse_permutation(axes)))
+               lambda g, out, x, axes: g.transpose(_inverse_permutation(axes)),
+               reads=())
 
 
 def _inverse_permutation(axes):
@@ -266,10 +308,12 @@ def _inverse_permutation(axes):
 
 # The engine reduces broadcast axes, so the derivative of a broadcast is the identity.
 EXPAND = Op("expand", lambda x, shape: np.broadcast_to(x, shape),
-            lambda g, out, x, shape: g)
+            lambda g, out, x, shape: g,
+            reads=())
 
 GETITEM = Op("getitem", lambda x, index: x[index],
-             lambda g, out, x, index: scatter_add(g, index, x.shape))
+             lambda g, out, x, index: scatter_add(g, index, x.shape),
+             reads=())
 
 
 # The table the tests, gradcheck and the renderer iterate over.

@@ -51,7 +51,7 @@ def _check_dtype(dtype):
 class Tensor:
     """An n-dimensional array with reverse-mode autodiff (``requires_grad``, ``backward``)."""
 
-    __slots__ = ("data", "grad", "requires_grad", "_ctx", "_retains_grad", "name", "__weakref__")
+    __slots__ = ("data", "grad", "requires_grad", "_ctx", "_name", "__weakref__")
     # ndarray + Tensor must call Tensor.__radd__, not build an object array element by element.
     __array_ufunc__ = None
 
@@ -60,15 +60,14 @@ class Tensor:
         self.grad = None
         self.requires_grad = bool(requires_grad)
         self._ctx = None
-        self._retains_grad = False
-        self.name = name
+        self._name = name
 
     @staticmethod
     def _wrap(data, requires_grad=False):
         """A Tensor around an existing ndarray, skipping conversion (the engine's fast path)."""
         t = _new(Tensor)
         t.data, t.grad, t.requires_grad = data, None, requires_grad
-        t._ctx, t._retains_grad, t.name = None, False, None
+        t._ctx, t._name = None, None
         return t
 
     # ---- attributes ----
@@ -77,6 +76,18 @@ class Tensor:
     ndim = property(lambda self: self.data.ndim)
     size = property(lambda self: self.data.size)
     is_leaf = property(lambda self: self._ctx is None)
+    retains_grad = property(lambda self: self._ctx is not None and self._ctx.retains is not None)
+
+    @property
+    def name(self):
+        """A label for the graph renderer (batch norm names its steps μ_B, σ²_B, x̂, ...)."""
+        return self._name
+
+    @name.setter
+    def name(self, name):
+        self._name = name
+        if self._ctx is not None:  # the graph outlives this tensor: the node keeps the label
+            self._ctx.name = name
 
     def numpy(self):
         """The data as a numpy array (the same memory; use ``.copy()`` to keep a snapshot)."""
@@ -103,8 +114,9 @@ class Tensor:
         return self
 
     def retain_grad(self):
-        """Keep ``.grad`` on this non-leaf tensor after ``backward()``."""
-        self._retains_grad = True
+        """Keep ``.grad`` on this non-leaf tensor after ``backward()`` (leaves always keep it)."""
+        if self._ctx is not None:
+            autograd.retain_grad(self)
         return self
 
     def __array__(self, dtype=None, copy=None):
@@ -339,8 +351,8 @@ def _apply(op, *inputs, **attrs):
     if type(out) is not np.ndarray:
         out = np.asarray(out)  # numpy returns scalars for 0-d results
     t = _new(Tensor)
-    t.data, t.grad, t._retains_grad, t.name = out, None, False, None
-    ctx = _record(op, inputs, attrs)
+    t.data, t.grad, t._name = out, None, None
+    ctx = _record(op, inputs, attrs, out)
     t._ctx, t.requires_grad = ctx, ctx is not None
     return t
 

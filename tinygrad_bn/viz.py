@@ -15,9 +15,13 @@ cluster per module (``Node.scope``) and, with ``collapse=True``, folds each laye
   "sum over batch"), numbered in the order ``backward()`` runs them.
 
 Gradients for ``show_grad=True``: ``backward()`` keeps ``.grad`` only on leaves and releases the
-graph, so call ``capture_grads(loss)`` instead of ``loss.backward()``. It marks every non-leaf
-tensor with ``retain_grad()`` and runs ``backward(retain_graph=True)``: afterwards every node
-holds its gradient and the graph is still there to draw.
+graph, so call ``capture_grads(loss)`` instead of ``loss.backward()``. It asks every node of the
+graph to keep its gradient and runs ``backward(retain_graph=True)``: afterwards every node holds
+its gradient and the graph is still there to draw.
+
+Values: the graph keeps only the arrays its derivatives read, so an intermediate such as
+(x − μ)² has no value left to summarize. Build the graph inside ``with viz.keep_values():`` to
+keep every value for ``show_grad``/``show_data`` (``render_batchnorm_graph`` does).
 """
 import html
 import os
@@ -28,6 +32,7 @@ import graphviz
 import numpy as np
 
 from . import autograd
+from .autograd import keep_values  # noqa: F401  (re-exported: build graphs that keep values)
 
 # Fill colours: kinds of nodes, told apart at a glance (and listed in the legend).
 COLORS = {
@@ -57,13 +62,14 @@ class GraphvizNotFoundError(RuntimeError):
 def capture_grads(output, gradient=None):
     """Backward from ``output`` keeping every node's gradient and the graph (for show_grad).
 
-    Marks each non-leaf tensor of the graph with ``retain_grad()``, then runs
+    Asks every node of the graph to keep its output's gradient (like ``retain_grad()``, also
+    for intermediates no tensor refers to any more), then runs
     ``output.backward(gradient, retain_graph=True)``. Leaf gradients accumulate as usual (zero
     them first if you call it twice). Returns ``output``.
     """
     for t in _walk(output):
-        if t._ctx is not None:
-            t.retain_grad()
+        if isinstance(t, _View):
+            autograd.retain_node_grad(t.node)
     output.backward(gradient, retain_graph=True)
     return output
 
@@ -99,7 +105,7 @@ def draw(tensor, params=None, *, show_grad=False, show_data=False, collapse=Fals
             "show_grad=True, but no tensor of this graph has a gradient. Run "
             "viz.capture_grads(loss) (retain_grad() on every node + backward(retain_graph=True)) "
             "before drawing, or pass show_grad=False")
-    graph = _Graph(order, tensor, params)
+    graph = _Graph(order, params)
     builder = _forward_items if direction == "forward" else _backward_items
     items = builder(graph, show_grad, show_data)
     return _emit(graph, items, collapse=collapse, expand=expand, title=title, legend=legend,
@@ -156,28 +162,29 @@ def render_batchnorm_graph(out_path, model="bn", backward=False, show_grad=True,
 
 
 def _render_demo_graph(out_path, model, backward, show_grad, rng, nn, F, Tensor):
-    if model == "bn":
-        bn = nn.BatchNorm1d(4)
-        bn.weight.data = rng.uniform(0.5, 1.5, 4).astype(np.float32)
-        bn.bias.data = rng.normal(0, 0.5, 4).astype(np.float32)
-        x = Tensor(rng.normal(2.0, 3.0, (16, 4)).astype(np.float32), requires_grad=True,
-                   name="x")
-        target = Tensor(rng.normal(0, 1, (16, 4)).astype(np.float32), name="target")
-        loss = F.mse_loss(bn(x), target)
-        params, options = dict(bn.named_parameters(prefix="bn")), {}
-        title = "One BatchNorm1d layer, mse loss"
-    elif model == "mlp":
-        layers = []
-        for n_in in (784, 100, 100):
-            # no bias before batch norm: beta replaces it (the paper, the notes, the demo)
-            layers += [nn.Linear(n_in, 100, bias=False), nn.BatchNorm1d(100), nn.Sigmoid()]
-        net = nn.Sequential(*layers, nn.Linear(100, 10))
-        x = Tensor(rng.normal(0, 1, (64, 784)).astype(np.float32), name="x")
-        loss = F.cross_entropy(net(x), rng.integers(0, 10, 64))
-        params, options = net, {"collapse": True, "expand": "BatchNorm1d 1"}
-        title = "MLP 784-100-100-100-10 (Linear→BatchNorm1d→Sigmoid), cross-entropy loss"
-    else:
-        raise ValueError(f"model must be 'bn' or 'mlp', got {model!r}")
+    with keep_values():  # the drawing summarizes every intermediate value
+        if model == "bn":
+            bn = nn.BatchNorm1d(4)
+            bn.weight.data = rng.uniform(0.5, 1.5, 4).astype(np.float32)
+            bn.bias.data = rng.normal(0, 0.5, 4).astype(np.float32)
+            x = Tensor(rng.normal(2.0, 3.0, (16, 4)).astype(np.float32), requires_grad=True,
+                       name="x")
+            target = Tensor(rng.normal(0, 1, (16, 4)).astype(np.float32), name="target")
+            loss = F.mse_loss(bn(x), target)
+            params, options = dict(bn.named_parameters(prefix="bn")), {}
+            title = "One BatchNorm1d layer, mse loss"
+        elif model == "mlp":
+            layers = []
+            for n_in in (784, 100, 100):
+                # no bias before batch norm: beta replaces it (the paper, the notes, the demo)
+                layers += [nn.Linear(n_in, 100, bias=False), nn.BatchNorm1d(100), nn.Sigmoid()]
+            net = nn.Sequential(*layers, nn.Linear(100, 10))
+            x = Tensor(rng.normal(0, 1, (64, 784)).astype(np.float32), name="x")
+            loss = F.cross_entropy(net(x), rng.integers(0, 10, 64))
+            params, options = net, {"collapse": True, "expand": "BatchNorm1d 1"}
+            title = "MLP 784-100-100-100-10 (Linear→BatchNorm1d→Sigmoid), cross-entropy loss"
+        else:
+            raise ValueError(f"model must be 'bn' or 'mlp', got {model!r}")
     loss.name = "loss"
     if show_grad or backward:
         capture_grads(loss)
@@ -188,23 +195,61 @@ def _render_demo_graph(out_path, model, backward, show_grad, rng, nn, F, Tensor)
 # ---- the graph, as the builders see it ----
 
 def _walk(tensor):
-    """The engine's walk over every tensor (also constants), refusing a released graph."""
+    """The engine's walk over every vertex (also constants), refusing a released graph.
+
+    Leaves and constants are the tensors themselves; each recorded operation becomes a
+    ``_View``, which the builders read like the tensor it made.
+    """
     if not hasattr(tensor, "_ctx"):
         raise TypeError(f"viz draws the graph of a Tensor, got {type(tensor).__name__}")
     order = autograd.toposort(tensor, grad_only=False)
-    if any(t._ctx is autograd.FREED for t in order):
+    if any(autograd.is_released(v) for v in order):
         raise RuntimeError(
             "this graph was released by backward(), so there is nothing left to draw. Draw "
             "before backward(), or run viz.capture_grads(loss) (or loss.backward("
             "retain_graph=True)) instead of loss.backward()")
-    return order
+    values = {}  # node -> its output array, wherever the graph still holds one
+    for v in order:
+        if autograd.is_node(v):
+            for a in v.args:
+                if not autograd.is_node(a) and a._ctx is not None:
+                    values[a._ctx] = a.data
+    if tensor._ctx is not None:
+        values[tensor._ctx] = tensor.data
+    view = {}
+    for v in order:
+        view[v] = _View(v, [view[p] for p in v.parents], values.get(v)) \
+            if autograd.is_node(v) else v
+    return [view[v] for v in order]
+
+
+class _View:
+    """A recorded operation as the builders see it: like the tensor it made (name, shape,
+    dtype, ``data`` if the graph kept the value else None, ``grad`` if captured), with
+    ``_ctx.inputs`` listing the vertices of its inputs."""
+
+    requires_grad = True
+
+    def __init__(self, node, inputs, value):
+        self.node, self.name, self.shape, self.dtype = node, node.name, node.shape, node.dtype
+        self._ctx = _ViewCtx(node.op, node.attrs, node.scope, inputs)
+        self.data = node.out if node.out is not None else value
+        holder = node if node.retains is True else (node.retains and node.retains())
+        self.grad = holder.grad if holder else None
+
+    ndim = property(lambda self: len(self.shape))
+
+
+class _ViewCtx:
+    def __init__(self, op, attrs, scope, inputs):
+        self.op, self.attrs, self.scope, self.inputs = op, attrs, scope, inputs
 
 
 class _Graph:
     """The walked tensors with what both views need: kinds, names, consumers, scopes."""
 
-    def __init__(self, order, root, params):
-        self.order, self.root = order, root
+    def __init__(self, order, params):
+        self.order, self.root = order, order[-1]  # the root is made last
         self.param_names, self.module_names = _names(params)
         self.consumers = {t: [] for t in order}
         for t in order:
@@ -419,9 +464,11 @@ def _html(title=None, lines=(), title_style="B", small=()):
 def _grad_lines(t, show_grad, show_data, value=True):
     """(text, colour) lines with the value and gradient summaries of ``t``."""
     out = []
-    if show_grad and value:
+    if (show_grad and value or show_data) and t.data is None:
+        out.append(("value  not kept (draw a graph built in viz.keep_values())", "#888888"))
+    elif show_grad and value:
         out.append(("value  " + _summary(t.data), "#333333"))
-    if show_data:
+    if show_data and t.data is not None:
         out += [(s, "#333333") for s in _data_lines(t.data)]
     if show_grad and t.requires_grad:
         if t.grad is None:
@@ -438,10 +485,10 @@ def _edge_grad(v, i):
     """The gradient that flows from ``v`` into its i-th input, recomputed with the op's rule
     from ``v.grad``; None when it cannot be known (no gradient kept, input needs none)."""
     ctx, p = v._ctx, v._ctx.inputs[i]
-    if v.grad is None or not p.requires_grad or ctx.op is None:
+    if v.grad is None or not p.requires_grad:
         return None
-    pg = np.asarray(ctx.op.vjps[i](v.grad.data, v.data, *[q.data for q in ctx.inputs],
-                                   **ctx.attrs))
+    out, arrays = autograd.saved_arrays(v.node)  # what the engine calls the rule with
+    pg = np.asarray(ctx.op.vjps[i](v.grad.data, out, *arrays, **ctx.attrs))
     full = pg
     if pg.shape != p.shape:
         pg = autograd.unbroadcast(pg, p.shape, ctx.op.name)
@@ -523,7 +570,11 @@ def _forward_items(g, show_grad, show_data):
 def _backward_items(g, show_grad, show_data):
     """∂L/∂t nodes joined through one node per derivative rule, in the engine's order."""
     items = _Items()
-    order = autograd.toposort(g.root, grad_only=True)  # exactly the tensors backward() visits
+    reach = {g.root}  # exactly the vertices backward() visits: reached through inputs needing grad
+    for t in reversed(g.order):
+        if t in reach and t._ctx is not None:
+            reach.update(p for p in t._ctx.inputs if p.requires_grad)
+    order = [t for t in g.order if t in reach]
     fan_in = {t: 0 for t in order}
     for v in order:
         if v._ctx is not None:
@@ -578,7 +629,7 @@ def _rule_text(g, v, i):
     elif op == "mul":
         text = f"·{b}" if i == 0 else f"·{a}"
     elif op == "div":
-        text = f"÷{_wrap(b)}" if i == 0 else f"·(−{_wrap(out)} ÷ {_wrap(b)})"
+        text = f"÷{_wrap(b)}" if i == 0 else f"·(−{_wrap(a)} ÷ {_wrap(b)}²)"
     elif op == "pow":
         text = f"·{b}·{a}^({b}−1)" if i == 0 else f"·{out}·log {a}"
     elif op == "neg":

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tinygrad_bn import Tensor, no_grad
-from tinygrad_bn.autograd import is_node, enable_grad, is_grad_enabled
+from tinygrad_bn.autograd import enable_grad, is_grad_enabled, is_node
 
 
 def test_diamond_graph():

@@ -31,8 +31,7 @@ def test_every_primitive_has_a_method_and_samples():
 
 
 def _walk(t):
-    from tinygrad_bn.autograd import toposort
-    from tinygrad_bn.autograd import is_node
+    from tinygrad_bn.autograd import is_node, toposort
     return [n for n in toposort(t) if is_node(n)]
 
 

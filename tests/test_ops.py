@@ -243,3 +243,23 @@ def test_reduction_gradients_property(shape, data, reduction, keepdims):
     (e,) = numeric_vjp(lambda b: getattr(b, reduction)(axis=axes, keepdims=keepdims),
                        [a.copy()], upstream)
     np.testing.assert_allclose(x.grad.data, e, rtol=1e-6, atol=1e-7)
+
+
+@settings(max_examples=40, deadline=None)
+@given(shapes=broadcast_pair(), seed=st.integers(0, 2**16))
+def test_sum_to_and_mul_sum_to_equal_numpy_broadcast_sums(shapes, seed):
+    full = np.broadcast_shapes(*shapes)
+    rng = np.random.default_rng(seed)
+    a, b = rng.standard_normal(full), rng.standard_normal(full)
+    for shape in shapes:
+        extra = len(full) - len(shape)
+        axes = tuple(range(extra)) + tuple(i + extra for i, n in enumerate(shape)
+                                           if n == 1 and full[i + extra] != 1)
+        want = (a * b).sum(axis=axes, keepdims=True).reshape(shape)
+        got = ops.mul_sum_to(a, b, shape)
+        assert got.shape == shape
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(ops.sum_to(a, shape), a.sum(axis=axes, keepdims=True)
+                                   .reshape(shape), rtol=1e-12, atol=1e-12)
+    f32 = a.astype(np.float32)
+    assert ops.mul_sum_to(f32, f32, shapes[1]).dtype == np.float32

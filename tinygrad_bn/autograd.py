@@ -11,9 +11,12 @@ Works on any object with ``data``, ``requires_grad``, ``grad`` and ``_ctx`` (the
 it never imports ``tensor.py``.
 """
 import itertools
+import operator
 import weakref
 
 import numpy as np
+
+from .ops import sum_to
 
 
 class Node:
@@ -193,43 +196,17 @@ def toposort(root, grad_only=True):
     return sorted(seen, key=_creation_order)
 
 
-def _creation_order(v):
-    return v.seq if type(v) is Node else -1
+# Tensors answer ``seq`` too (-1: leaves and constants come first), so the sort key is C code.
+_creation_order = operator.attrgetter("seq")
 
 
 def unbroadcast(g, shape, op_name):
     """Sum ``g`` over the axes numpy broadcasting added, so it has ``shape`` again."""
-    if g.shape == shape:
-        return g
-    plan = _REDUCE_PLANS.get((g.shape, shape))
-    if plan is None:
-        if len(_REDUCE_PLANS) > 4096:  # many distinct shapes (varying batch sizes): start over
-            _REDUCE_PLANS.clear()
-        plan = _REDUCE_PLANS[(g.shape, shape)] = _reduce_plan(g.shape, shape)
-    axes, keepdims = plan
-    if axes:
-        # ufunc.reduce skips the Python layer of ndarray.sum; Tensors use their own method
-        g = _add_reduce(g, axes, None, None, keepdims) if type(g) is np.ndarray \
-            else g.sum(axis=axes, keepdims=keepdims)
-    if g.shape != shape:
-        g = g.reshape(shape) if g.size == int(np.prod(shape)) else g
+    g = sum_to(g, shape)
     if g.shape != shape:
         raise RuntimeError(f"backward of '{op_name}' produced a gradient of shape {g.shape} "
                            f"for an input of shape {shape}")
     return g
-
-
-# (gradient shape, input shape) -> (axes to sum, keepdims): a training loop meets the same few.
-_REDUCE_PLANS = {}
-
-
-def _reduce_plan(gshape, shape):
-    extra = len(gshape) - len(shape)
-    if extra < 0:
-        return (), False
-    inner = tuple(i + extra for i, n in enumerate(shape) if n == 1 and gshape[i + extra] != 1)
-    # Only leading axes to drop: no keepdims, and the result already has ``shape``.
-    return tuple(range(extra)) + inner, bool(inner)
 
 
 def backward(root, grad, retain_graph=False, create_graph=False):
@@ -265,7 +242,6 @@ def _backward(root, grad, retain_graph, create_graph, wrap):
         g = grads.pop(v, None)
         if g is None:
             continue
-        owned.discard(v)
         if type(v) is not Node:  # a leaf
             if create_graph:
                 v.grad = g if v.grad is None else v.grad + g

@@ -72,6 +72,74 @@ def scatter_add(g, index, shape):
     return g.scatter_add(index, shape)
 
 
+def sum_to(g, shape):
+    """``g`` summed over the axes broadcasting added to an operand of ``shape``.
+
+    The engine applies it to every gradient whose shape differs from its input's; a rule may
+    apply it itself when reducing first saves work (``-sum_to(g, shape)`` negates a vector,
+    not the full-size gradient).
+    """
+    if g.shape == shape:
+        return g
+    axes, keepdims = _broadcast_plan(g.shape, shape)
+    if axes:
+        # ufunc.reduce skips the Python layer of ndarray.sum; Tensors use their own method
+        g = np.add.reduce(g, axes, None, None, keepdims) if type(g) is np.ndarray \
+            else g.sum(axis=axes, keepdims=keepdims)
+    if g.shape != shape and g.size == _size(shape):
+        g = g.reshape(shape)
+    return g
+
+
+def mul_sum_to(a, b, shape):
+    """``sum_to(a * b, shape)`` for two arrays of the same shape, in one pass without the
+    full-size product (einsum): the gradient of a broadcast factor such as batch norm's γ."""
+    if type(a) is not np.ndarray or type(b) is not np.ndarray or a.shape != b.shape:
+        return sum_to(a * b, shape)
+    plan = _EINSUM_PLANS.get((a.shape, shape))
+    if plan is None:
+        axes, _ = _broadcast_plan(a.shape, shape)
+        letters = "abcdefghijklmnopqrstuvwxyz"[:a.ndim]
+        kept = "".join(c for i, c in enumerate(letters) if i not in axes)
+        plan = _cached(_EINSUM_PLANS, (a.shape, shape), f"{letters},{letters}->{kept}")
+    out = np.einsum(plan, a, b)
+    return out.reshape(shape) if out.shape != shape else out
+
+
+# (gradient shape, operand shape) -> plan: a training loop meets the same few shapes.
+_BROADCAST_PLANS, _EINSUM_PLANS = {}, {}
+
+
+def _cached(cache, key, value):
+    if len(cache) > 4096:  # many distinct shapes (varying batch sizes): start over
+        cache.clear()
+    cache[key] = value
+    return value
+
+
+def _broadcast_plan(gshape, shape):
+    """(axes to sum, keepdims) taking a gradient of ``gshape`` to an operand of ``shape``."""
+    plan = _BROADCAST_PLANS.get((gshape, shape))
+    if plan is None:
+        extra = len(gshape) - len(shape)
+        if extra < 0:
+            plan = (), False
+        else:
+            inner = tuple(i + extra for i, n in enumerate(shape)
+                          if n == 1 and gshape[i + extra] != 1)
+            # Only leading axes to drop: no keepdims, and the result already has ``shape``.
+            plan = tuple(range(extra)) + inner, bool(inner)
+        _cached(_BROADCAST_PLANS, (gshape, shape), plan)
+    return plan
+
+
+def _size(shape):
+    n = 1
+    for k in shape:
+        n *= k
+    return n
+
+
 def swap_last(a):
     """Swap the last two axes (the matrix transpose of a stack of matrices)."""
     axes = tuple(range(a.ndim - 2)) + (a.ndim - 1, a.ndim - 2)
@@ -112,29 +180,36 @@ ADD = Op("add", lambda x, y: x + y,
          lambda g, out, x, y: g,
          reads=())
 
+# Negating after the reduction: for a broadcast y (batch norm's μ) a vector, not a full array.
 SUB = Op("sub", lambda x, y: x - y,
          lambda g, out, x, y: g,
-         lambda g, out, x, y: -g,
+         lambda g, out, x, y: -sum_to(g, y.shape),
          reads=())
 
+def _times(g, a, shape):
+    # g * a for an operand of ``shape``; if that operand was broadcast (γ) and ``a`` is full
+    # size, the product is summed down in one pass without its full-size temporary.
+    if g.shape != shape and a.shape == g.shape:
+        return mul_sum_to(g, a, shape)
+    return g * a
+
+
 MUL = Op("mul", lambda x, y: x * y,
-         lambda g, out, x, y: g * y,
-         lambda g, out, x, y: g * x,
+         lambda g, out, x, y: _times(g, y, x.shape),
+         lambda g, out, x, y: _times(g, x, y.shape),
          reads=("x", "y"))
 
 def _div_vjp_y(g, out, x, y):
     # d(x/y)/dy = -x/y². Written with x, not with the output x/y: then the graph need not keep
     # x/y (batch norm's x̂) alive until this rule runs, one full-size array less at the peak.
-    # For a broadcast divisor (batch norm's (1, C) √(σ²+ε)) -1/y² is a small vector and the
-    # rule makes two passes over the full size; a full-size divisor is divided twice instead
-    # of squared, so y² cannot overflow. On Tensors the in-place operators fall back to
-    # recorded ones, so the rule still records.
+    # A broadcast divisor (batch norm's (1, C) √(σ²+ε)): Σ g·x in one pass, then a vector
+    # product. A full-size divisor is divided twice instead of squared, so y² cannot overflow;
+    # on Tensors the in-place operators fall back to recorded ones, so the rule still records.
+    if y.shape != g.shape:
+        return mul_sum_to(g, x, y.shape) * (-1 / (y * y))
     grad = g * x
-    if y.size < grad.size:
-        grad *= -1 / (y * y)
-    else:
-        grad /= y
-        grad /= -y
+    grad /= y
+    grad /= -y
     return grad
 
 

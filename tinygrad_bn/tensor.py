@@ -54,6 +54,7 @@ class Tensor:
     __slots__ = ("data", "grad", "requires_grad", "_ctx", "_name", "__weakref__")
     # ndarray + Tensor must call Tensor.__radd__, not build an object array element by element.
     __array_ufunc__ = None
+    seq = -1  # as a vertex of the graph walk: made before every recorded operation
 
     def __init__(self, data, requires_grad=False, dtype=None, name=None):
         self.data = _to_array(data, None if dtype is None else _check_dtype(dtype))

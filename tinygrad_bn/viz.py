@@ -483,28 +483,36 @@ def _grad_lines(t, show_grad, show_data, value=True):
 
 def _edge_grad(v, i):
     """The gradient that flows from ``v`` into its i-th input, recomputed with the op's rule
-    from ``v.grad``; None when it cannot be known (no gradient kept, input needs none)."""
+    from ``v.grad``, and the size of the terms summed into it; None when it cannot be known
+    (no gradient kept, input needs none)."""
     ctx, p = v._ctx, v._ctx.inputs[i]
     if v.grad is None or not p.requires_grad:
         return None
+    rule = ctx.op.vjps[i]
     out, arrays = autograd.saved_arrays(v.node)  # what the engine calls the rule with
-    pg = np.asarray(ctx.op.vjps[i](v.grad.data, out, *arrays, **ctx.attrs))
-    full = pg
-    if pg.shape != p.shape:
-        pg = autograd.unbroadcast(pg, p.shape, ctx.op.name)
-    return pg, full
+    pg = autograd.unbroadcast(np.asarray(rule(v.grad.data, out, *arrays, **ctx.attrs)),
+                              p.shape, ctx.op.name)
+    # The same rule on absolute values bounds Σ|terms| per entry (the rules are products and
+    # quotients of their arguments), also for rules that sum their result themselves.
+    with np.errstate(all="ignore"):
+        terms = rule(np.abs(v.grad.data), _abs(out), *[_abs(a) for a in arrays], **ctx.attrs)
+    return pg, autograd.unbroadcast(np.abs(np.asarray(terms)), p.shape, ctx.op.name)
+
+
+def _abs(a):
+    return np.abs(a) if isinstance(a, np.ndarray) else a
 
 
 def _is_zero(edge_grad):
-    """Zero up to rounding: every entry below sqrt(machine eps) times the largest term that was
-    summed into it (batch norm's Σ x̂ = 0 cancels exactly in math, only nearly in float32)."""
-    pg, full = edge_grad
+    """Zero up to rounding: every entry below sqrt(machine eps) times the sum of the absolute
+    terms that were summed into it (batch norm's Σ x̂ = 0 cancels exactly in math, only nearly
+    in float32)."""
+    pg, terms = edge_grad
     if not np.any(pg):
         return True
     if pg.dtype.kind != "f":
         return False
-    scale = np.abs(full).max() * max(full.size // max(pg.size, 1), 1)
-    return bool(np.abs(pg).max() <= np.sqrt(np.finfo(pg.dtype).eps) * scale)
+    return bool(np.all(np.abs(pg) <= np.sqrt(np.finfo(pg.dtype).eps) * terms))
 
 
 # ---- the two views, as items for the emitter ----

@@ -263,3 +263,27 @@ def test_sum_to_and_mul_sum_to_equal_numpy_broadcast_sums(shapes, seed):
                                    .reshape(shape), rtol=1e-12, atol=1e-12)
     f32 = a.astype(np.float32)
     assert ops.mul_sum_to(f32, f32, shapes[1]).dtype == np.float32
+
+
+class _ShapeOnly:
+    """What a rule gets for an input its op does not declare in ``reads``: just a shape."""
+
+    def __init__(self, shape):
+        self.shape = shape
+
+
+@pytest.mark.parametrize("name,sample", CASES, ids=[s.label for _, s in CASES])
+def test_rules_read_only_what_their_op_declares(name, sample, rng):
+    from tinygrad_bn.autograd import is_node, keep_values, toposort
+    xs = [Tensor(a, requires_grad=True) for a in make_inputs(sample, rng)]
+    with keep_values():  # every node holds all its inputs and its output
+        y = sample.fn(*xs)
+    for node in (v for v in toposort(y) if is_node(v)):
+        op = node.op
+        g = rng.standard_normal(node.shape)
+        full = [a.data for a in node.args]
+        masked = [a if r else _ShapeOnly(a.shape) for a, r in zip(full, op.reads_inputs)]
+        out = node.out if op.reads_out else None
+        for vjp in op.vjps:
+            np.testing.assert_array_equal(np.asarray(vjp(g, out, *masked, **node.attrs)),
+                                          np.asarray(vjp(g, node.out, *full, **node.attrs)))

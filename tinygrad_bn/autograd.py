@@ -23,10 +23,13 @@ class Node:
     """How a tensor was made: the primitive, its parents, what its derivative reads, and the
     modules (outermost first) whose forward was running, so the renderer can group by layer.
 
+    args: per input, what the derivative gets for it: the input tensor if ``op`` reads it,
+        else that input's parent (only its ``.shape`` is used). None once backward() released
+        the node. The edges of the graph (``parents``) are read from it, so a node allocates
+        no second tuple: every object that outlives an op counts toward Python's cyclic
+        garbage collector, whose full passes dominate long graphs.
     parents: per input, that input's node, or the input tensor itself if it has none (a leaf
         or a constant). These are the edges the graph walk follows.
-    args: per input, what the derivative gets for it: the input tensor if ``op`` reads it,
-        else the parent (only its ``.shape`` is used). None once backward() released the node.
     out: the output array if ``op`` reads it, else None.
     shape, dtype: of the output, for reducing broadcast gradients without the output's array.
     seq: creation order. A tensor is always made after its inputs, so sorting by ``seq`` is a
@@ -36,14 +39,18 @@ class Node:
         or True to keep it on the node, as the renderer does).
     """
 
-    __slots__ = ("op", "parents", "args", "out", "attrs", "scope", "seq", "shape", "dtype",
-                 "name", "grad", "retains")
+    __slots__ = ("op", "args", "out", "attrs", "scope", "seq", "shape", "dtype", "name", "grad",
+                 "retains")
     requires_grad = True  # a node exists only if an input needs a gradient
 
-    def __init__(self, op, parents, args, out, attrs, scope, seq, shape, dtype):
-        self.op, self.parents, self.args, self.out, self.attrs = op, parents, args, out, attrs
+    def __init__(self, op, args, out, attrs, scope, seq, shape, dtype):
+        self.op, self.args, self.out, self.attrs = op, args, out, attrs
         self.scope, self.seq, self.shape, self.dtype = scope, seq, shape, dtype
         self.name = self.grad = self.retains = None
+
+    @property
+    def parents(self):
+        return () if self.args is None else tuple(_parent(a) for a in self.args)
 
     @property
     def ndim(self):
@@ -51,6 +58,11 @@ class Node:
 
     def __repr__(self):
         return f"Node({self.op.name}, shape={self.shape}, seq={self.seq})"
+
+
+def _parent(arg):
+    """The vertex an entry of ``Node.args`` stands for: a node, or a tensor without one."""
+    return arg if type(arg) is Node else (arg._ctx or arg)
 
 
 def is_node(vertex):
@@ -128,28 +140,37 @@ def record(op, inputs, attrs, out):
 
     ``out`` is the forward result; the node keeps it only if the op's derivative reads it.
     """
-    if _GradMode.enabled:
-        for t in inputs:
-            if t.requires_grad:
-                return _make_node(op, inputs, attrs, out)
-    return None
-
-
-def _make_node(op, inputs, attrs, out):
-    if len(inputs) == 1:  # spelled out: this runs for every recorded operation
-        t = inputs[0]
-        parents = (t._ctx or t,)
+    if not _GradMode.enabled:
+        return None
+    for t in inputs:
+        if t.requires_grad:
+            break
     else:
-        parents = tuple([t._ctx or t for t in inputs])
-    keep = _GradMode.keep_values
-    if keep or op.reads_all:
+        return None
+    if _GradMode.keep_values or op.reads_all:
         args = inputs
+    elif len(inputs) == 1:  # spelled out: this runs for every recorded operation
+        t = inputs[0]
+        args = (t._ctx or t,)
     elif op.reads_none:
-        args = parents
+        args = tuple([t._ctx or t for t in inputs])
     else:
-        args = tuple([t if r else p for t, p, r in zip(inputs, parents, op.reads_inputs)])
-    return Node(op, parents, args, out if keep or op.reads_out else None, attrs,
-                _GradMode.scope, _next_seq(), out.shape, out.dtype)
+        args = tuple([t if r else (t._ctx or t) for t, r in zip(inputs, op.reads_inputs)])
+    shape = out.shape
+    # One tuple per distinct shape: the graph keeps no extra object per op (see Node.args).
+    shape = _SHAPES.get(shape) or _intern_shape(shape)
+    return Node(op, args, out if op.reads_out or _GradMode.keep_values else None, attrs,
+                _GradMode.scope, _next_seq(), shape, out.dtype)
+
+
+_SHAPES = {}
+
+
+def _intern_shape(shape):
+    if len(_SHAPES) > 4096:
+        _SHAPES.clear()
+    _SHAPES[shape] = shape
+    return shape
 
 
 class keep_values(_SetGradMode):
@@ -188,8 +209,9 @@ def toposort(root, grad_only=True):
     pop, push, add = stack.pop, stack.append, seen.add
     while stack:
         v = pop()
-        if type(v) is Node:
-            for p in v.parents:
+        if type(v) is Node and v.args is not None:
+            for a in v.args:
+                p = a if type(a) is Node else (a._ctx or a)
                 if p not in seen and (p.requires_grad or not grad_only):
                     add(p)
                     push(p)
@@ -277,7 +299,8 @@ def _backward(root, grad, retain_graph, create_graph, wrap):
         # Last input first: it is usually the broadcast one (γ, β, μ, √(σ²+ε), a bias), whose
         # full-size temporary is summed down and freed before the first input's full-size
         # gradient is allocated, one array less at the peak.
-        for p, vjp in zip(reversed(v.parents), reversed(op.vjps)):
+        for a, vjp in zip(reversed(args), reversed(op.vjps)):
+            p = a if type(a) is Node else (a._ctx or a)
             if not p.requires_grad:
                 continue
             pg = vjp(g, out, *arrays, **attrs)
@@ -304,7 +327,6 @@ def _backward(root, grad, retain_graph, create_graph, wrap):
         if not retain_graph:
             # Drop the saved arrays and the edges: a released node raises if reached again.
             v.args = v.out = None
-            v.parents = ()
 
 
 def _retain(node, g, create_graph, handed_out, wrap):

@@ -194,10 +194,7 @@ def main(argv=None):
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = p.parse_args(argv)
     result = run(args.quick, tuple(args.dtypes.split(",")))
-    print(harness.describe_machine(harness.machine_info()))
-    print(harness.table(rows(result), HEADERS))
-    if args.json:
-        harness.write_json(args.json, {"batchnorm": result})
+    harness.report("batchnorm", result, rows(result), HEADERS, args.json)
 
 
 if __name__ == "__main__":

@@ -98,10 +98,7 @@ def main(argv=None):
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = p.parse_args(argv)
     result = run(args.quick, args.ops, args.rounds)
-    print(harness.describe_machine(harness.machine_info()))
-    print(harness.table(rows(result), HEADERS))
-    if args.json:
-        harness.write_json(args.json, {"overhead": result})
+    harness.report("overhead", result, rows(result), HEADERS, args.json)
 
 
 if __name__ == "__main__":

@@ -250,11 +250,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     configs = args.configs.split(",") if args.configs else None
     result = run(args.quick, configs, tuple(args.dtypes.split(",")), args.rounds)
-    print(harness.describe_machine(harness.machine_info()))
-    print(f"correctness gate (float64, max relative error vs numpy reference): {result['gate']}")
-    print(harness.table(rows(result), HEADERS))
-    if args.json:
-        harness.write_json(args.json, {"step": result})
+    harness.report("step", result, rows(result), HEADERS, args.json, notes=[
+        f"correctness gate (float64, max relative error vs numpy reference): {result['gate']}"])
 
 
 if __name__ == "__main__":

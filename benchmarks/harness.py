@@ -221,6 +221,17 @@ def comparison_rows(case, result, refs, unit=1.0, unit_name=None):
     return rows
 
 
+def report(suite, result, table_rows, headers, json_path=None, notes=()):
+    """What a benchmark module run on its own prints: the machine, ``notes``, the table; and
+    the results as JSON under ``suite`` if ``json_path`` is given."""
+    print(describe_machine(machine_info()))
+    for line in notes:
+        print(line)
+    print(table(table_rows, headers))
+    if json_path:
+        write_json(json_path, {suite: result})
+
+
 def write_json(path, payload):
     """Write ``payload`` (plus machine info if missing) as indented JSON."""
     payload = dict(payload)

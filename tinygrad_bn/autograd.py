@@ -76,7 +76,6 @@ def is_released(vertex):
 
 
 _next_seq = itertools.count(1).__next__
-_add_reduce = np.add.reduce
 
 
 class _GradMode:
@@ -211,7 +210,7 @@ def toposort(root, grad_only=True):
         v = pop()
         if type(v) is Node and v.args is not None:
             for a in v.args:
-                p = a if type(a) is Node else (a._ctx or a)
+                p = a if type(a) is Node else (a._ctx or a)  # _parent(a), inlined
                 if p not in seen and (p.requires_grad or not grad_only):
                     add(p)
                     push(p)
@@ -265,10 +264,7 @@ def _backward(root, grad, retain_graph, create_graph, wrap):
         if g is None:
             continue
         if type(v) is not Node:  # a leaf
-            if create_graph:
-                v.grad = g if v.grad is None else v.grad + g
-            else:
-                _accumulate(v, g, v.data.dtype, handed_out, wrap)
+            _store(v, g, v.data.dtype, create_graph, handed_out, wrap)
             continue
         args = v.args
         if args is None:
@@ -277,7 +273,9 @@ def _backward(root, grad, retain_graph, create_graph, wrap):
                 "backward(); call backward(retain_graph=True) the first time if you need a "
                 "second pass")
         if v.retains is not None:
-            _retain(v, g, create_graph, handed_out, wrap)
+            holder = _grad_holder(v)
+            if holder is not None:  # else the tensor is gone: nobody can read its gradient
+                _store(holder, g, v.dtype, create_graph, handed_out, wrap)
         op = v.op
         if create_graph:
             arrays = args
@@ -293,14 +291,14 @@ def _backward(root, grad, retain_graph, create_graph, wrap):
             elif len(args) == 1:
                 arrays = (args[0].data,) if reads[0] else args
             else:
-                arrays = [a.data if r else a for a, r in zip(args, reads)]
+                arrays = saved_arrays(v)[1]
             out = v.out
         attrs = v.attrs
         # Last input first: it is usually the broadcast one (γ, β, μ, √(σ²+ε), a bias), whose
         # full-size temporary is summed down and freed before the first input's full-size
         # gradient is allocated, one array less at the peak.
         for a, vjp in zip(reversed(args), reversed(op.vjps)):
-            p = a if type(a) is Node else (a._ctx or a)
+            p = a if type(a) is Node else (a._ctx or a)  # _parent(a), inlined
             if not p.requires_grad:
                 continue
             pg = vjp(g, out, *arrays, **attrs)
@@ -329,15 +327,24 @@ def _backward(root, grad, retain_graph, create_graph, wrap):
             v.args = v.out = None
 
 
-def _retain(node, g, create_graph, handed_out, wrap):
-    """Store the gradient of a node's output where ``retain_grad()`` asked for it."""
-    holder = node if node.retains is True else node.retains()
-    if holder is None:  # the tensor is gone: nobody can read its gradient any more
-        return
+def _grad_holder(node):
+    """Where ``retain_grad()`` asked a node's gradient to go: the node itself, its output
+    tensor while that is alive, or None."""
+    return node if node.retains is True else node.retains()
+
+
+def retained_grad(node):
+    """The gradient kept for a node's output by retain_grad() or retain_node_grad(), or None."""
+    holder = None if node.retains is None else _grad_holder(node)
+    return None if holder is None else holder.grad
+
+
+def _store(holder, g, dtype, create_graph, handed_out, wrap):
+    """Add ``g`` into ``holder.grad``: recorded Tensors with create_graph, else arrays."""
     if create_graph:
         holder.grad = g if holder.grad is None else holder.grad + g
     else:
-        _accumulate(holder, g, node.dtype, handed_out, wrap)
+        _accumulate(holder, g, dtype, handed_out, wrap)
 
 
 def retain_grad(tensor):

@@ -20,6 +20,8 @@ build a graph of the backward pass. This module knows numpy, not ``Tensor``.
 Everything not listed here (var, softmax, log_softmax, batch_norm, cross_entropy) is composed
 from these primitives in ``tensor.py`` / ``nn/functional.py`` and has no derivative of its own.
 """
+import math
+
 import numpy as np
 
 
@@ -86,7 +88,7 @@ def sum_to(g, shape):
         # ufunc.reduce skips the Python layer of ndarray.sum; Tensors use their own method
         g = np.add.reduce(g, axes, None, None, keepdims) if type(g) is np.ndarray \
             else g.sum(axis=axes, keepdims=keepdims)
-    if g.shape != shape and g.size == _size(shape):
+    if g.shape != shape and g.size == math.prod(shape):
         g = g.reshape(shape)
     return g
 
@@ -131,13 +133,6 @@ def _broadcast_plan(gshape, shape):
             plan = tuple(range(extra)) + inner, bool(inner)
         _cached(_BROADCAST_PLANS, (gshape, shape), plan)
     return plan
-
-
-def _size(shape):
-    n = 1
-    for k in shape:
-        n *= k
-    return n
 
 
 def swap_last(a):

@@ -234,8 +234,7 @@ class _View:
         self.node, self.name, self.shape, self.dtype = node, node.name, node.shape, node.dtype
         self._ctx = _ViewCtx(node.op, node.attrs, node.scope, inputs)
         self.data = node.out if node.out is not None else value
-        holder = node if node.retains is True else (node.retains and node.retains())
-        self.grad = holder.grad if holder else None
+        self.grad = autograd.retained_grad(node)
 
     ndim = property(lambda self: len(self.shape))
 

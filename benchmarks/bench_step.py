@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 from numpy_reference import NumpyMLP  # noqa: E402
 
 import tinygrad_bn.nn.functional as F  # noqa: E402
-from tinygrad_bn import Tensor, nn, optim  # noqa: E402
+from tinygrad_bn import Tensor, jit, nn, optim  # noqa: E402
 
 LR, MOMENTUM = 0.01, 0.9
 
@@ -92,17 +92,26 @@ def make_batch(sizes, batch, dtype, seed=1):
     return x, rng.integers(0, sizes[-1], batch)
 
 
-def tinygrad_step_fn(model, x, targets):
+def train_step_fn(model):
+    """The step every tinygrad_bn candidate runs: ``step(x, targets)`` returns the loss."""
     opt = optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
-    xt = Tensor(x)
 
-    def step():
+    def train_step(x, targets):
         opt.zero_grad()
-        loss = F.cross_entropy(model(xt), targets)
+        loss = F.cross_entropy(model(x), targets)
         loss.backward()
         opt.step()
-        return loss.item()
-    return step
+        return loss
+    return train_step
+
+
+def tinygrad_step_fn(model, x, targets, compiled=False):
+    """tinygrad_bn's step, eager (graph built and walked every step) or ``jit``-replayed."""
+    train_step = train_step_fn(model)
+    if compiled:
+        train_step = jit(train_step)
+    xt = Tensor(x)
+    return lambda: train_step(xt, targets).item()
 
 
 def torch_step_fn(torch, tm, x, targets):
@@ -130,7 +139,7 @@ def _max_err(a, b):
     return float(np.max(np.abs(a - b) / np.maximum(1.0, np.abs(b)))) if a.size else 0.0
 
 
-def gate(sizes, activation, batch, tol=1e-9, steps=2, seed=0):
+def gate(sizes, activation, batch, tol=1e-9, steps=4, seed=0):
     """Check in float64 that tinygrad_bn (and torch) take the numpy reference's step.
 
     Compares the loss, every parameter's gradient, then (after ``steps`` steps, so the momentum
@@ -141,12 +150,16 @@ def gate(sizes, activation, batch, tol=1e-9, steps=2, seed=0):
     ref = build_reference(model, activation)
     x, targets = make_batch(sizes, batch, np.float64)
     opt = optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
+    jit_model = build_tinygrad(sizes, activation, np.float64, seed)
+    jit_step = jit(train_step_fn(jit_model))
     torch = harness.optional_torch()
     if torch is not None:
         tm = build_torch(torch, model, activation)
         topt = torch.optim.SGD(tm.parameters(), lr=LR, momentum=MOMENTUM)
         xt, tt = torch.from_numpy(x), torch.from_numpy(targets)
-    errors = {"tinygrad_bn": 0.0, "torch": 0.0} if torch is not None else {"tinygrad_bn": 0.0}
+    errors = {"tinygrad_bn": 0.0, "tinygrad_bn jit": 0.0}
+    if torch is not None:
+        errors["torch"] = 0.0
 
     def check(name, what, got, want):
         err = _max_err(got, want)
@@ -168,6 +181,11 @@ def gate(sizes, activation, batch, tol=1e-9, steps=2, seed=0):
                 raise AssertionError(f"correctness gate: tinygrad_bn left {name}.grad as None")
             check("tinygrad_bn", f"gradient of {name} at step {step}", p.grad.data, g)
         opt.step()
+        # The jit step's first calls capture, later ones replay: compare every one of them.
+        jit_loss = jit_step(Tensor(x), targets)
+        check("tinygrad_bn jit", f"loss at step {step}", jit_loss.item(), loss_ref)
+        for (name, p), g in zip(jit_model.named_parameters(), grads_ref):
+            check("tinygrad_bn jit", f"gradient of {name} at step {step}", p.grad.data, g)
         if torch is not None:
             topt.zero_grad()
             tloss = torch.nn.functional.cross_entropy(tm(xt), tt)
@@ -177,11 +195,15 @@ def gate(sizes, activation, batch, tol=1e-9, steps=2, seed=0):
                 check("torch", f"a gradient at step {step}", p.grad.numpy(), g)
             topt.step()
         ref.sgd_step(grads_ref)
-    for (name, p), want in zip(model.named_parameters(), ref.params):
-        check("tinygrad_bn", f"parameter {name} after {steps} steps", p.data, want)
-    for i, (bn, (mean, var)) in enumerate(zip(_batchnorms(model), ref.running)):
-        check("tinygrad_bn", f"running_mean of batch norm {i}", bn.running_mean.data, mean)
-        check("tinygrad_bn", f"running_var of batch norm {i}", bn.running_var.data, var)
+    if jit_step.replays < steps - 2:
+        raise AssertionError(f"correctness gate: the jit step replayed {jit_step.replays} of "
+                             f"{steps} steps (expected all but the 2 captures)")
+    for who, m in (("tinygrad_bn", model), ("tinygrad_bn jit", jit_model)):
+        for (name, p), want in zip(m.named_parameters(), ref.params):
+            check(who, f"parameter {name} after {steps} steps", p.data, want)
+        for i, (bn, (mean, var)) in enumerate(zip(_batchnorms(m), ref.running)):
+            check(who, f"running_mean of batch norm {i}", bn.running_mean.data, mean)
+            check(who, f"running_var of batch norm {i}", bn.running_var.data, var)
     return errors
 
 
@@ -191,6 +213,8 @@ def candidates(sizes, activation, batch, dtype):
     model = build_tinygrad(sizes, activation, dtype)
     x, targets = make_batch(sizes, batch, dtype)
     cands = {"tinygrad_bn": tinygrad_step_fn(model, x, targets),
+             "tinygrad_bn jit": tinygrad_step_fn(build_tinygrad(sizes, activation, dtype), x,
+                                                 targets, compiled=True),
              "numpy": reference_step_fn(build_reference(model, activation), x, targets)}
     torch = harness.optional_torch()
     if torch is not None:
@@ -230,10 +254,12 @@ def target_checks(result):
     checks = []
     for case, res in result["cases"].items():
         config = case.split("/")[0]
-        for ref, limit in TARGETS.get(config, {}).items():
-            ratio = res["candidates"]["tinygrad_bn"]["ratio"].get(ref)
-            if ratio is not None:
-                checks.append((f"step {case} vs {ref}", ratio, limit))
+        for who in ("tinygrad_bn", "tinygrad_bn jit"):
+            for ref, limit in TARGETS.get(config, {}).items():
+                ratio = res["candidates"].get(who, {}).get("ratio", {}).get(ref)
+                if ratio is not None:
+                    mode = " (jit)" if who.endswith("jit") else ""
+                    checks.append((f"step {case}{mode} vs {ref}", ratio, limit))
     return checks
 
 

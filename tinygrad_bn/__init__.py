@@ -2,8 +2,9 @@
 from . import nn, optim
 from .autograd import enable_grad, is_grad_enabled, no_grad
 from .gradcheck import GradcheckError, gradcheck
+from .replay import Jit, JitError, jit
 from .tensor import Tensor
 
 __version__ = "0.1.0"
 __all__ = ["Tensor", "nn", "optim", "no_grad", "enable_grad", "is_grad_enabled",
-           "gradcheck", "GradcheckError"]
+           "gradcheck", "GradcheckError", "jit", "Jit", "JitError"]

@@ -17,6 +17,7 @@ import weakref
 import numpy as np
 
 from .ops import sum_to
+from .tape import JitError, ShapeOnly, Tape, run
 
 
 class Node:
@@ -203,16 +204,18 @@ def toposort(root, grad_only=True):
     no gradient (the backward pass); the renderer walks everything.
     """
     start = root._ctx or root
-    seen = {start}
+    # A dict, not a set: leaves tie on ``seq`` and keep the order they were found in, the same
+    # for the same graph (a set's order depends on the nodes' addresses), so a jit tape agrees.
+    seen = {start: None}
     stack = [start]
-    pop, push, add = stack.pop, stack.append, seen.add
+    pop, push = stack.pop, stack.append
     while stack:
         v = pop()
         if type(v) is Node and v.args is not None:
             for a in v.args:
                 p = a if type(a) is Node else (a._ctx or a)  # _parent(a), inlined
                 if p not in seen and (p.requires_grad or not grad_only):
-                    add(p)
+                    seen[p] = None
                     push(p)
     return sorted(seen, key=_creation_order)
 
@@ -250,6 +253,9 @@ def backward(root, grad, retain_graph=False, create_graph=False):
 
 
 def _backward(root, grad, retain_graph, create_graph, wrap):
+    tape = Tape.active  # jit is capturing: every array computed below goes on the tape
+    if tape is not None and create_graph:
+        raise JitError("backward(create_graph=True) inside a jit step is not supported")
     order = toposort(root)
     grads = {order[-1]: grad}
     # Vertices whose entry in ``grads`` is an array only this pass holds (a fresh result of a
@@ -301,30 +307,45 @@ def _backward(root, grad, retain_graph, create_graph, wrap):
             p = a if type(a) is Node else (a._ctx or a)  # _parent(a), inlined
             if not p.requires_grad:
                 continue
-            pg = vjp(g, out, *arrays, **attrs)
+            if tape is None:
+                pg = vjp(g, out, *arrays, **attrs)
+            else:
+                pg = tape.call(vjp, (g, out, *_shape_only(arrays)), attrs)
             if type(p) is Node:
                 pshape, pdtype = p.shape, p.dtype
             else:
                 pdata = p.data
                 pshape, pdtype = pdata.shape, pdata.dtype
             if pg.shape != pshape:
-                pg = unbroadcast(pg, pshape, op.name)
+                pg = run(unbroadcast, pg, pshape, op.name)
             if pg.dtype != pdtype and type(pg) is np.ndarray:
-                pg = pg.astype(pdtype)
+                pg = run(_astype, pg, pdtype)
             prev = grads.get(p)
             if prev is None:
                 grads[p] = pg
                 if pg is not g and type(pg) is np.ndarray and pg.base is None:
                     owned.add(p)
             elif p in owned:
-                prev += pg
+                if tape is None:
+                    prev += pg
+                else:
+                    tape.call(operator.iadd, (prev, pg))
             else:
-                grads[p] = prev + pg
+                grads[p] = run(operator.add, prev, pg)
                 if type(prev) is np.ndarray:
                     owned.add(p)
         if not retain_graph:
             # Drop the saved arrays and the edges: a released node raises if reached again.
             v.args = v.out = None
+
+
+def _shape_only(arrays):
+    # What a tape records for the inputs a rule does not read: their shape, not the node.
+    return [a if type(a) is np.ndarray else ShapeOnly(a.shape, a.dtype) for a in arrays]
+
+
+def _astype(a, dtype):
+    return a.astype(dtype)
 
 
 def _grad_holder(node):
@@ -366,14 +387,18 @@ def _accumulate(t, g, dtype, handed_out, wrap):
     whose buffer is not among them is taken as it is; anything else is copied.
     """
     if t.grad is not None:
-        arr = t.grad.data + g
+        arr = run(operator.add, t.grad.data, g)
     elif type(g) is np.ndarray and g.flags.writeable and _buffer_id(g) not in handed_out:
         arr = g
     else:
-        arr = np.array(g, dtype=dtype)
+        arr = run(np.array, g, dtype=dtype)
     if arr.dtype != dtype:
-        arr = arr.astype(dtype)
+        arr = run(_astype, arr, dtype)
     handed_out.add(_buffer_id(arr))
+    run(_set_grad, t, arr, wrap)
+
+
+def _set_grad(t, arr, wrap):
     t.grad = wrap(arr)  # always a plain Tensor, also for a Parameter
 
 

@@ -2,6 +2,8 @@
 record no graph; parameters without a gradient are skipped."""
 import numpy as np
 
+from .tape import run
+
 
 class Optimizer:
     """Holds the parameters and per-parameter state; ``step()`` is the update rule."""
@@ -18,12 +20,14 @@ class Optimizer:
     def zero_grad(self):
         """Forget the gradients (set to None, PyTorch's default)."""
         for p in self.params:
-            p.grad = None
+            run(setattr, p, "grad", None)  # on a jit tape, so a replay does it too
 
     def step(self):
         for p, state in zip(self.params, self.state):
             if p.grad is not None:
-                self._update(p, p.grad.data, state)
+                # One call per parameter, as a jit replay repeats it: hyperparameters (lr)
+                # and state (momentum buffers, Adam's step count) are read at every call.
+                run(type(self)._update, self, p, p.grad.data, state)
 
     def _update(self, p, grad, state):
         raise NotImplementedError

@@ -9,6 +9,7 @@ import numbers
 import numpy as np
 
 from . import allocator, autograd, ops
+from .tape import Tape, refuse, run
 
 # Every op allocates a fresh array: let malloc reuse freed blocks instead of refaulting pages.
 allocator.keep_freed_memory()
@@ -57,7 +58,7 @@ class Tensor:
     seq = -1  # as a vertex of the graph walk: made before every recorded operation
 
     def __init__(self, data, requires_grad=False, dtype=None, name=None):
-        self.data = _to_array(data, None if dtype is None else _check_dtype(dtype))
+        self.data = run(_to_array, data, None if dtype is None else _check_dtype(dtype))
         self.grad = None
         self.requires_grad = bool(requires_grad)
         self._ctx = None
@@ -92,14 +93,17 @@ class Tensor:
 
     def numpy(self):
         """The data as a numpy array (the same memory; use ``.copy()`` to keep a snapshot)."""
+        refuse("numpy()")
         return self.data
 
     def item(self):
+        refuse("item()")
         if self.data.size != 1:
             raise ValueError(f"item() needs a tensor with one element, got shape {self.shape}")
         return self.data.item()
 
     def tolist(self):
+        refuse("tolist()")
         return self.data.tolist()
 
     def detach(self):
@@ -125,6 +129,7 @@ class Tensor:
 
     def __bool__(self):
         # Without this every Tensor is truthy, so `if loss < 0.1:` would silently always pass.
+        refuse("the truth value of a tensor (if/while on a tensor)")
         if self.data.size != 1:
             raise ValueError(f"the truth value of a tensor of shape {self.shape} is ambiguous; "
                              f"use (t > 0).data.any() or .all()")
@@ -161,10 +166,10 @@ class Tensor:
                     f"backward() on a tensor of shape {self.shape} needs a gradient of that shape; "
                     f"reduce it to a scalar first (e.g. y.sum().backward()) or pass "
                     f"y.backward(np.ones({self.shape}))")
-            grad = np.ones(self.shape, dtype=self.dtype)
+            grad = run(np.ones, self.shape, dtype=self.dtype)
         else:
             g = gradient.data if isinstance(gradient, Tensor) else gradient
-            grad = np.asarray(g, dtype=self.dtype)  # not copied: the engine never writes to it
+            grad = run(np.asarray, g, dtype=self.dtype)  # not copied: the engine never writes to it
             if grad.shape != self.shape:
                 raise ValueError(f"backward() gradient has shape {grad.shape}, "
                                  f"but the tensor has shape {self.shape}")
@@ -273,19 +278,23 @@ class Tensor:
 
     def argmax(self, axis=None):
         """Indices of the maxima (an integer ndarray: it has no gradient)."""
-        return self.data.argmax(axis=axis)
+        return run(np.ndarray.argmax, self.data, axis=axis)
 
     # ---- softmax family (composite; numerically stable) ----
     def softmax(self, axis=-1):
         """exp(x - max) / sum(exp(x - max)); the shift is a constant, it cancels in the ratio."""
-        e = (self - self.data.max(axis=axis, keepdims=True)).exp()
+        e = (self - self._max_constant(axis)).exp()
         return e / e.sum(axis=axis, keepdims=True)
 
     def log_softmax(self, axis=-1):
         """(x - max) - log(sum(exp(x - max)))."""
-        shifted = self - self.data.max(axis=axis, keepdims=True)
+        shifted = self - self._max_constant(axis)
         shifted.name = "x − max"  # a label for the graph renderer
         return shifted - shifted.exp().sum(axis=axis, keepdims=True).log()
+
+    def _max_constant(self, axis):
+        # The shift that keeps exp() finite; a constant, not a recorded max (it cancels).
+        return run(np.ndarray.max, self.data, axis=axis, keepdims=True)
 
     # ---- shape ----
     def reshape(self, *shape):
@@ -342,7 +351,9 @@ def _apply(op, *inputs, **attrs):
     """Run ``op``'s numpy forward and record it in the graph (``autograd.record`` decides)."""
     try:
         # Spelled out for one and two inputs: this line runs for every operation.
-        if len(inputs) == 2:
+        if Tape.active is not None:  # jit is capturing this step
+            out = Tape.active.forward(op, inputs, attrs)
+        elif len(inputs) == 2:
             out = op.forward(inputs[0].data, inputs[1].data, **attrs)
         else:
             out = op.forward(*[t.data for t in inputs], **attrs)
@@ -350,7 +361,7 @@ def _apply(op, *inputs, **attrs):
         shapes = " and ".join(str(t.shape) for t in inputs)
         raise ValueError(f"{op.name}: cannot apply to shapes {shapes}: {e}") from None
     if type(out) is not np.ndarray:
-        out = np.asarray(out)  # numpy returns scalars for 0-d results
+        out = run(np.asarray, out)  # numpy returns scalars for 0-d results
     t = _new(Tensor)
     t.data, t.grad, t._name = out, None, None
     ctx = _record(op, inputs, attrs, out)
@@ -447,7 +458,11 @@ def _index_arg(index):
     if isinstance(index, list):
         index = np.asarray(index)
     if isinstance(index, np.ndarray) and index.dtype.kind == "f":
-        if not np.all(index == np.round(index)):
-            raise IndexError("tensor index has non-integer values")
-        index = index.astype(np.intp)
+        index = run(_integer_index, index)
     return index
+
+
+def _integer_index(index):
+    if not np.all(index == np.round(index)):
+        raise IndexError("tensor index has non-integer values")
+    return index.astype(np.intp)

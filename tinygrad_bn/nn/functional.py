@@ -4,6 +4,7 @@
 """
 import numpy as np
 
+from ..tape import run
 from ..tensor import Tensor
 
 
@@ -38,7 +39,7 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
         centered = _named(x - mu, "x − μ_B")
         var = _named((centered ** 2).mean(axis=axes, keepdims=True), "σ²_B")
         if running_mean is not None or running_var is not None:
-            _update_running(running_mean, running_var, mu.data, var.data, m, momentum)
+            run(_update_running, running_mean, running_var, mu.data, var.data, m, momentum)
     else:
         if running_mean is None or running_var is None:
             raise ValueError("batch_norm outside training needs running_mean and running_var "
@@ -84,10 +85,21 @@ def cross_entropy(logits, targets, reduction="mean"):
     if logits.ndim != 2:
         raise ValueError(f"cross_entropy expects logits of shape (N, C), got {logits.shape}")
     n, c = logits.shape
-    t = np.asarray(targets.data if isinstance(targets, Tensor) else targets)
+    t = targets.data if isinstance(targets, Tensor) else targets
+    # A one-hot mask picks log p[target]: multiplying by a constant keeps the backward a product.
+    onehot = run(_one_hot_targets, t, n, c, logits.dtype)
+    log_p = _named(logits.log_softmax(axis=1), "log softmax")
+    picked = _named((log_p * _named(Tensor._wrap(onehot), "one-hot(target)")).sum(axis=1),
+                    "log p[target]")
+    return _reduce(_named(-picked, "−log p[target]"), reduction, "cross_entropy")
+
+
+def _one_hot_targets(targets, n, c, dtype):
+    """The (n, c) one-hot mask of class indices ``targets``, after checking them."""
+    t = np.asarray(targets)
     if t.shape != (n,):
         raise ValueError(f"cross_entropy: targets must have shape ({n},) to match logits "
-                         f"{logits.shape}, got {t.shape}")
+                         f"{(n, c)}, got {t.shape}")
     if t.dtype.kind == "f":
         if not np.all(t == np.round(t)):
             raise ValueError("cross_entropy: targets must be integer class indices")
@@ -99,13 +111,9 @@ def cross_entropy(logits, targets, reduction="mean"):
         i = int(np.argmax(bad))
         raise ValueError(f"cross_entropy: target {int(t[i])} at index {i} is out of range "
                          f"for {c} classes (valid: 0..{c - 1})")
-    # A one-hot mask picks log p[target]: multiplying by a constant keeps the backward a product.
-    onehot = np.zeros((n, c), dtype=logits.dtype)
+    onehot = np.zeros((n, c), dtype=dtype)
     onehot[np.arange(n), t] = 1
-    log_p = _named(logits.log_softmax(axis=1), "log softmax")
-    picked = _named((log_p * _named(Tensor(onehot), "one-hot(target)")).sum(axis=1),
-                    "log p[target]")
-    return _reduce(_named(-picked, "−log p[target]"), reduction, "cross_entropy")
+    return onehot
 
 
 def mse_loss(input, target, reduction="mean"):

@@ -5,6 +5,7 @@ from collections import OrderedDict
 import numpy as np
 
 from ..autograd import enter_scope, exit_scope
+from ..tape import run
 from ..tensor import Tensor
 
 
@@ -111,7 +112,7 @@ class Module:
     def zero_grad(self):
         """Forget the gradients of every parameter (PyTorch's default: set them to None)."""
         for p in self.parameters():
-            p.grad = None
+            run(setattr, p, "grad", None)  # on a jit tape, so a replay does it too
 
     def to(self, dtype):
         """Convert every floating-point parameter and buffer to ``dtype`` (e.g. np.float64)."""

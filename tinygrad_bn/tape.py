@@ -1,0 +1,231 @@
+"""The tape: a log of the array work one call of a training step does, for ``jit`` to replay.
+
+While a ``Tape`` is active (``Tape.active``), the places that compute arrays — an op's forward
+(``tensor._apply``), a derivative rule and a gradient sum (``autograd``), an optimizer update,
+batch norm's running statistics, the targets of a loss, ``Tensor(...)`` — call
+``Tape.call(fn, args, kwargs)`` instead of ``fn(*args, **kwargs)``. The tape runs the function
+and writes one instruction: the function, and for every argument where its value comes from:
+
+* ``in``   the array of the step's i-th argument (a fresh one is bound at every replay);
+* ``r``    the result of an earlier instruction (a register of the replay);
+* ``x``    the array of a tensor that was there before the call (a parameter, a buffer):
+           read as ``tensor.data`` at every replay, so an optimizer's in-place update is seen;
+* ``e``    any other array made before the call (read as it is);
+* ``c``    a Python value (number, string, tuple, dtype, shape-only stand-in), compared by value;
+* ``o``    any other object (a tensor, an optimizer, a dict of state), compared by identity;
+* ``arg``  the step's i-th argument object itself.
+
+The tape knows nothing of tensors: callers pass arrays, and ``tensor_array`` for the array of a
+tensor, so persistent tensors are read live. Arrays are told apart by ``id``; the tape keeps
+every one it has seen alive until it is done, so no id is reused in between.
+
+Two tapes of the same step agree (``same_as``) when they did the same work on the same objects;
+``jit`` compiles a step only after two consecutive calls agree. Anything made outside the tape
+inside the step (``np.random...``, ``loss.item()``) differs between calls and is caught there.
+"""
+import numpy as np
+
+
+class JitError(RuntimeError):
+    """A step cannot be captured for replay (jit), or a replay would not repeat it."""
+
+
+class ShapeOnly:
+    """What a derivative rule gets for an input it does not read: its shape and dtype."""
+
+    __slots__ = ("shape", "dtype")
+
+    def __init__(self, shape, dtype):
+        self.shape, self.dtype = shape, dtype
+
+    ndim = property(lambda self: len(self.shape))
+
+    def __eq__(self, other):
+        return type(other) is ShapeOnly and (self.shape, self.dtype) == (other.shape, other.dtype)
+
+    def __hash__(self):
+        return hash(self.shape)
+
+    def __repr__(self):
+        return f"ShapeOnly({self.shape}, {self.dtype})"
+
+
+class _Ref:
+    """An object compared by identity (arrays and tensors compare elementwise with ==)."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj):
+        self.obj = obj
+
+    def __eq__(self, other):
+        return type(other) is _Ref and other.obj is self.obj
+
+    def __hash__(self):
+        return id(self.obj)
+
+
+# Python values compared by value; anything else is an object compared by identity.
+_VALUE_TYPES = (type(None), bool, int, float, complex, str, bytes, slice, type(Ellipsis),
+                np.dtype, type, ShapeOnly)
+
+
+class Tape:
+    """One call's instructions: ``(fn, arg specs, kwarg specs, result register or None)``."""
+
+    active = None  # the tape recording now; read at every op, so a class attribute
+
+    def __init__(self, arg_objects, arg_arrays):
+        self.instrs = []
+        self.n_regs = 0
+        self._args = {id(a): i for i, a in enumerate(arg_objects)}
+        self._inputs = {id(a): i for i, a in enumerate(arg_arrays) if a is not None}
+        self._regs = {}  # id(array) -> register holding it
+        self._owners = {}  # id(array) -> the tensor made before the call that holds it
+        self._alive = list(arg_objects)  # everything whose id is in a map above
+
+    # ---- recording ----
+
+    def call(self, fn, args, kwargs=None):
+        """Run ``fn(*args, **kwargs)`` (untaped inside) and write it down; returns its result."""
+        return self._run(fn, tuple(self._spec(a) for a in args), args, kwargs)
+
+    def forward(self, op, inputs, attrs):
+        """An op's forward on tensors ``inputs``; the arrays of persistent tensors (parameters,
+        buffers) are read live at replay."""
+        spec = tuple(self._spec(t.data, t) for t in inputs)
+        return self._run(op.forward, spec, [t.data for t in inputs], attrs)
+
+    def _run(self, fn, spec, args, kwargs):
+        kwspec = tuple((k, self._spec(v)) for k, v in kwargs.items()) if kwargs else ()
+        Tape.active = None  # work inside fn is part of this instruction
+        try:
+            result = fn(*args, **kwargs) if kwargs else fn(*args)
+        finally:
+            Tape.active = self
+        reg = None
+        if isinstance(result, (np.ndarray, np.generic)):
+            reg = self.n_regs
+            self.n_regs += 1
+            self._regs[id(result)] = reg
+            self._alive.append(result)
+        self.instrs.append((fn, spec, kwspec, reg))
+        return result
+
+    def _spec(self, v, tensor=None):
+        """Where value ``v`` comes from (see the module docstring); ``tensor`` owns ``v``."""
+        t = type(v)
+        if t is np.ndarray or isinstance(v, np.generic):
+            key = id(v)
+            if key in self._regs:
+                return ("r", self._regs[key])
+            if key in self._inputs:
+                return ("in", self._inputs[key])
+            self._alive.append(v)
+            if tensor is None:
+                tensor = self._owners.get(key)
+            if tensor is not None:
+                self._alive.append(tensor)
+                self._owners[key] = tensor
+                return ("x", _Ref(tensor), _Ref(v))
+            return ("e", _Ref(v))
+        if t is tuple or t is list:
+            return ("t" if t is tuple else "l", tuple(self._spec(x) for x in v))
+        if id(v) in self._args:
+            return ("arg", self._args[id(v)])
+        if isinstance(v, _VALUE_TYPES):
+            return ("c", t, v)
+        self._alive.append(v)
+        return ("o", _Ref(v))
+
+    def output_spec(self, value):
+        """Where the step's return value comes from: a tensor's array, None, or a tuple."""
+        if value is None:
+            return ("c", type(None), None)
+        if isinstance(value, (tuple, list)):
+            return ("t", tuple(self.output_spec(v) for v in value))
+        data = getattr(value, "data", None)
+        if type(data) is not np.ndarray:
+            raise JitError(f"a jit step must return tensors (or None, or a tuple of them), got "
+                           f"{type(value).__name__}: a Python value would be frozen at capture; "
+                           f"return the tensor and call .item() on the result")
+        if id(value) in self._args:
+            return ("arg", self._args[id(value)])
+        spec = self._spec(data, value)
+        return ("tensor", spec) if spec[0] in ("r", "in") else ("o", _Ref(value))
+
+    def finish(self):
+        """Stop holding the arrays of this call (the instructions keep what replay needs)."""
+        self._alive = self._regs = self._inputs = self._args = self._owners = None
+
+    # ---- comparing two captures ----
+
+    def same_as(self, other):
+        """None if ``other`` did the same work, else a sentence saying where they differ."""
+        if len(self.instrs) != len(other.instrs):
+            return (f"one call did {len(other.instrs)} array operations and the next "
+                    f"{len(self.instrs)}")
+        for i, (a, b) in enumerate(zip(other.instrs, self.instrs)):
+            if a[0] is not b[0] or a[3] != b[3] or not (_agree(a[1], b[1]) and
+                                                        _agree(a[2], b[2])):
+                return f"operation {i} ({describe(b[0])}) differs: {_diff(a, b)}"
+        return None
+
+
+def _agree(a, b):
+    """Two specs stand for the same value at replay (``x``: the same tensor or array)."""
+    if type(a) is not tuple or type(b) is not tuple:
+        return a == b
+    if a and a[0] == "x" and b and b[0] == "x":
+        return a[1] == b[1] or a[2] == b[2]
+    if len(a) != len(b):
+        return False
+    if a and a[0] == "c":
+        return a[1] is b[1] and (a[2] == b[2] or a[2] != a[2] and b[2] != b[2])  # NaN == NaN
+    return all(_agree(x, y) for x, y in zip(a, b))
+
+
+def _diff(a, b):
+    for what, x, y in (("arguments", a[1], b[1]), ("keyword arguments", a[2], b[2])):
+        if not _agree(x, y):
+            return f"its {what} were {_show(x)} on one call and {_show(y)} on the next"
+    return "its result is used differently"
+
+
+def _show(spec):
+    if type(spec) is not tuple or not spec:
+        return repr(spec)
+    kind = spec[0]
+    if kind in ("t", "l"):
+        return "(" + ", ".join(_show(s) for s in spec[1]) + ")"
+    if kind in ("e", "x"):
+        v = spec[-1].obj
+        return f"an array {getattr(v, 'shape', '')} made outside the tape"
+    if kind == "o":
+        return f"{type(spec[1].obj).__name__} object at {id(spec[1].obj):#x}"
+    if kind == "c":
+        return repr(spec[2])
+    if isinstance(kind, str) and len(spec) == 2 and isinstance(spec[1], int):
+        return f"{kind}{spec[1]}"
+    return "(" + ", ".join(_show(s) for s in spec) + ")"
+
+
+def describe(fn):
+    return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
+
+
+def run(fn, *args, **kwargs):
+    """``fn(*args, **kwargs)``, written on the active tape if there is one: for the places that
+    compute arrays outside ops (an optimizer update, running statistics, a loss's targets)."""
+    tape = Tape.active
+    if tape is None:
+        return fn(*args, **kwargs)
+    return tape.call(fn, args, kwargs)
+
+
+def refuse(what):
+    """Raise if a tape is recording: ``what`` would be frozen into every replay."""
+    if Tape.active is not None:
+        raise JitError(f"{what} inside a jit step: the value would be read once, at capture, "
+                       f"and frozen into every replay. Return the tensor from the step and read "
+                       f"it outside")

@@ -387,7 +387,7 @@ def _accumulate(t, g, dtype, handed_out, wrap):
     whose buffer is not among them is taken as it is; anything else is copied.
     """
     if t.grad is not None:
-        arr = run(operator.add, t.grad.data, g)
+        arr = run(_plus_grad, t, g)
     elif type(g) is np.ndarray and g.flags.writeable and _buffer_id(g) not in handed_out:
         arr = g
     else:
@@ -396,6 +396,11 @@ def _accumulate(t, g, dtype, handed_out, wrap):
         arr = run(_astype, arr, dtype)
     handed_out.add(_buffer_id(arr))
     run(_set_grad, t, arr, wrap)
+
+
+def _plus_grad(t, g):
+    # Reads t.grad when called, so a jit replay adds to the gradient of the previous step.
+    return t.grad.data + g
 
 
 def _set_grad(t, arr, wrap):

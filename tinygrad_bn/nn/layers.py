@@ -4,6 +4,7 @@ import warnings
 
 import numpy as np
 
+from ..tape import run
 from ..tensor import Tensor
 from . import functional as F
 from .module import Module, Parameter
@@ -35,6 +36,10 @@ class Linear(Module):
     def extra_repr(self):
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={self.bias is not None}")
+
+
+def _count_batch(counter):
+    counter.data = counter.data + 1
 
 
 class BatchNorm1d(Module):
@@ -76,7 +81,7 @@ class BatchNorm1d(Module):
                              f"{expected}, got {x.shape}")
         use_batch_stats = self.training or not self.track_running_stats
         if self.training and self.track_running_stats:
-            self.num_batches_tracked.data = self.num_batches_tracked.data + 1
+            run(_count_batch, self.num_batches_tracked)  # on a jit tape: replays count too
         return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
                             training=use_batch_stats, momentum=self.momentum, eps=self.eps)
 

@@ -1,0 +1,254 @@
+"""jit: a replayed step does exactly what the eager step does (the oracle is eager execution,
+compared bit for bit), and what cannot be replayed is refused with a JitError."""
+import tracemalloc
+
+import numpy as np
+import pytest
+
+import tinygrad_bn.nn.functional as F
+from tinygrad_bn import JitError, Tensor, jit, nn, no_grad, optim
+
+
+def mlp(activation="sigmoid", dtype=np.float64, seed=0, sizes=(12, 10, 8, 4)):
+    np.random.seed(seed)
+    act = nn.Sigmoid if activation == "sigmoid" else nn.ReLU
+    layers = []
+    for n_in, n_out in zip(sizes[:-2], sizes[1:-1]):
+        layers += [nn.Linear(n_in, n_out, dtype=dtype), nn.BatchNorm1d(n_out, dtype=dtype), act()]
+    layers.append(nn.Linear(sizes[-2], sizes[-1], dtype=dtype))
+    return nn.Sequential(*layers)
+
+
+OPTIMIZERS = {
+    "sgd-momentum": lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9),
+    "sgd-nesterov-decay": lambda ps: optim.SGD(ps, lr=0.05, momentum=0.8, nesterov=True,
+                                               weight_decay=1e-3),
+    "adam": lambda ps: optim.Adam(ps, lr=1e-2, weight_decay=1e-4),
+}
+
+
+def make_step(model, opt):
+    def train_step(x, y):
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+    return train_step
+
+
+def batches(n, batch=16, features=12, classes=4, dtype=np.float64, seed=1):
+    rng = np.random.default_rng(seed)
+    return [(rng.standard_normal((batch, features)).astype(dtype),
+             rng.integers(0, classes, batch)) for _ in range(n)]
+
+
+def state_of(model, opt):
+    """Every array the step changes: parameters, gradients, running statistics, optimizer state."""
+    out = {}
+    for name, p in model.named_parameters():
+        out[name] = p.data.copy()
+        out[name + ".grad"] = None if p.grad is None else p.grad.data.copy()
+    for name, b in model.state_dict().items():
+        out["state." + name] = np.array(b.data if isinstance(b, Tensor) else b, copy=True)
+    for i, s in enumerate(opt.state):
+        for k, v in s.items():
+            out[f"opt{i}.{k}"] = np.array(v, copy=True)
+    return out
+
+
+def assert_same_state(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        if a[k] is None or b[k] is None:
+            assert a[k] is None and b[k] is None, k
+        else:
+            assert a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]), k
+
+
+@pytest.mark.parametrize("activation", ["sigmoid", "relu"])
+@pytest.mark.parametrize("opt_name", list(OPTIMIZERS))
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_replay_equals_eager_bit_for_bit(activation, opt_name, dtype):
+    eager_model, jit_model = mlp(activation, dtype), mlp(activation, dtype)
+    eager_opt = OPTIMIZERS[opt_name](eager_model.parameters())
+    jit_opt = OPTIMIZERS[opt_name](jit_model.parameters())
+    eager, step = make_step(eager_model, eager_opt), jit(make_step(jit_model, jit_opt))
+    for i, (x, y) in enumerate(batches(7, dtype=dtype)):  # a new batch every step
+        want = eager(Tensor(x), y).item()
+        got = step(Tensor(x), y).item()
+        assert got == want, f"loss at step {i}"
+        assert_same_state(state_of(jit_model, jit_opt), state_of(eager_model, eager_opt))
+    assert step.replays == 5 and step.captured == 1  # two captures agreed, then replays
+
+
+def test_each_batch_shape_is_captured_separately():
+    eager_model, jit_model = mlp(), mlp()
+    eager_opt, jit_opt = (optim.SGD(m.parameters(), lr=0.1, momentum=0.9)
+                          for m in (eager_model, jit_model))
+    eager, step = make_step(eager_model, eager_opt), jit(make_step(jit_model, jit_opt))
+    small, large = batches(5, batch=5, seed=2), batches(5, batch=16, seed=3)
+    for (xs, ys), (xl, yl) in zip(small, large):
+        for x, y in ((xs, ys), (xl, yl)):
+            assert step(Tensor(x), y).item() == eager(Tensor(x), y).item()
+    assert step.captured == 2 and step.replays == 6
+    assert_same_state(state_of(jit_model, jit_opt), state_of(eager_model, eager_opt))
+
+
+def test_replay_reads_learning_rate_and_replaced_parameters_live():
+    eager_model, jit_model = mlp(), mlp()
+    eager_opt, jit_opt = (optim.SGD(m.parameters(), lr=0.1, momentum=0.9)
+                          for m in (eager_model, jit_model))
+    eager, step = make_step(eager_model, eager_opt), jit(make_step(jit_model, jit_opt))
+    data = batches(8)
+    for x, y in data[:4]:
+        eager(Tensor(x), y), step(Tensor(x), y)
+    assert step.replays == 2
+    for opt in (eager_opt, jit_opt):
+        opt.lr = 0.01  # a schedule's change
+    state = {k: v * 0.5 for k, v in eager_model.state_dict().items()}
+    eager_model.load_state_dict(state)  # assigns new arrays to .data
+    jit_model.load_state_dict(state)
+    for x, y in data[4:]:
+        assert step(Tensor(x), y).item() == eager(Tensor(x), y).item()
+    assert step.replays == 6
+    assert_same_state(state_of(jit_model, jit_opt), state_of(eager_model, eager_opt))
+
+
+def test_gradients_accumulate_across_replays_without_zero_grad():
+    models = mlp(), mlp()
+
+    def accumulate(model):
+        def step(x, y):
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            return loss
+        return step
+    eager, step = accumulate(models[0]), jit(accumulate(models[1]))
+    for x, y in batches(6):
+        eager(Tensor(x), y), step(Tensor(x), y)
+    assert step.replays >= 3
+    for p, q in zip(models[0].parameters(), models[1].parameters()):
+        assert np.array_equal(p.grad.data, q.grad.data)
+
+
+def test_forward_only_step_under_no_grad():
+    model = mlp()
+    model.eval()
+    predict = jit(lambda x: model(x))
+    for x, _ in batches(5):
+        with no_grad():
+            got = predict(Tensor(x))
+        assert np.array_equal(got.data, model(Tensor(x)).data)
+    assert predict.replays == 3
+
+
+def test_returned_tensors_are_fresh_and_outside_the_graph():
+    model = mlp()
+    step = jit(make_step(model, optim.SGD(model.parameters(), lr=0.1)))
+    losses = [step(Tensor(x), y) for x, y in batches(5)]
+    values = [loss.item() for loss in losses]
+    assert len(set(values)) == 5  # every call returned its own loss, none overwritten
+    assert not losses[-1].requires_grad and losses[-1]._ctx is None
+
+
+def test_replay_still_checks_the_targets():
+    model = mlp()
+    step = jit(make_step(model, optim.SGD(model.parameters(), lr=0.1)))
+    for x, y in batches(3):
+        step(Tensor(x), y)
+    x, y = batches(1, seed=9)[0]
+    y[3] = 7  # 4 classes
+    with pytest.raises(ValueError, match="target 7 at index 3 is out of range"):
+        step(Tensor(x), y)
+
+
+def test_replay_frees_intermediates_like_eager():
+    # Registers are deleted after their last use: a replay peaks no higher than eager.
+    models = mlp(sizes=(256, 256, 256, 10)), mlp(sizes=(256, 256, 256, 10))
+    eager, step = (make_step(m, optim.SGD(m.parameters(), lr=0.01)) for m in models)
+    step = jit(step)
+    x, y = batches(1, batch=512, features=256, classes=10)[0]
+    xt = Tensor(x)
+    peaks = {}
+    for name, fn in (("eager", eager), ("jit", step)):
+        for _ in range(3):
+            fn(xt, y)
+        tracemalloc.start()
+        fn(xt, y)
+        peaks[name] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert step.replays >= 2
+    assert peaks["jit"] <= 1.05 * peaks["eager"], peaks
+
+
+# ---- what cannot be replayed is refused ----
+
+def test_reading_a_value_inside_the_step_is_refused():
+    model = mlp()
+
+    def step(x, y):
+        loss = F.cross_entropy(model(x), y)
+        if loss.item() > 100:  # Python branching on data: frozen at capture
+            return None
+        return loss
+    x, y = batches(1)[0]
+    with pytest.raises(JitError, match=r"item\(\) inside a jit step"):
+        jit(step)(Tensor(x), y)
+    with pytest.raises(JitError, match="truth value"):
+        jit(lambda x: bool(x.sum() > 0))(Tensor(x))
+
+
+def test_arrays_made_outside_the_engine_are_caught():
+    model = mlp()
+
+    def noisy(x, y):  # fresh noise every call, made by numpy, not by an op
+        return F.cross_entropy(model(x + Tensor(np.random.randn(*x.shape))), y)
+    step = jit(noisy)
+    with pytest.raises(JitError, match="made outside the tape"):
+        for x, y in batches(5):
+            step(Tensor(x), y)
+
+
+def test_branching_on_call_count_is_caught():
+    model, calls = mlp(), []
+
+    def alternating(x, y):
+        calls.append(1)
+        out = model(x)
+        return F.cross_entropy(out * 2 if len(calls) % 2 else out, y)
+    step = jit(alternating)
+    with pytest.raises(JitError, match="4 calls in a row did different work"):
+        for x, y in batches(5):
+            step(Tensor(x), y)
+
+
+def test_unsupported_returns_and_arguments():
+    model = mlp()
+    x, y = batches(1)[0]
+    with pytest.raises(JitError, match="must return tensors"):
+        jit(lambda x, y: F.cross_entropy(model(x), y).data.sum())(Tensor(x), y)
+    with pytest.raises(JitError, match="arguments must be tensors, arrays"):
+        jit(lambda x, y: F.cross_entropy(model(x), y))(Tensor(x), list(y))
+
+    def higher_order(x, y):
+        loss = F.cross_entropy(model(x), y)
+        loss.backward(create_graph=True)
+        return loss
+    with pytest.raises(JitError, match="create_graph"):
+        jit(higher_order)(Tensor(x), y)
+
+
+def test_reset_captures_again():
+    model = mlp()
+    step = jit(make_step(model, optim.SGD(model.parameters(), lr=0.1)))
+    data = batches(6)
+    for x, y in data[:3]:
+        step(Tensor(x), y)
+    assert step.captured == 1
+    step.reset()
+    model.eval()  # fixed at capture: reset() makes the change take effect
+    assert step.captured == 0
+    for x, y in data[3:]:
+        step(Tensor(x), y)
+    assert step.captured == 1

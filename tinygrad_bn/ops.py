@@ -55,14 +55,24 @@ def expand(g, shape):
     """Broadcast ``g`` to ``shape`` without copying (a read-only view for arrays)."""
     if type(g) is not np.ndarray:
         return g.expand(shape)
-    if g.ndim == len(shape) and g.flags.c_contiguous:
+    if g.flags.c_contiguous:
         # np.broadcast_to costs ~2 µs of Python; a zero-stride view of the same buffer is direct.
-        strides = tuple(0 if n == 1 else s for n, s in zip(g.shape, g.strides))
-        if all(n == 1 or n == m for n, m in zip(g.shape, shape)):
+        key = (g.shape, g.itemsize, shape)
+        strides = _EXPAND_STRIDES.get(key)
+        if strides is None:
+            strides = _cached(_EXPAND_STRIDES, key, _expand_strides(g, shape))
+        if strides:
             view = np.ndarray(shape, g.dtype, g, 0, strides)
             view.flags.writeable = False
             return view
     return np.broadcast_to(g, shape)
+
+
+def _expand_strides(g, shape):
+    """The strides of a C-contiguous ``g`` broadcast to ``shape`` (same ndim), else ()."""
+    if g.ndim != len(shape) or not all(n == 1 or n == m for n, m in zip(g.shape, shape)):
+        return ()
+    return tuple(0 if n == 1 else s for n, s in zip(g.shape, g.strides))
 
 
 def scatter_add(g, index, shape):
@@ -109,7 +119,7 @@ def mul_sum_to(a, b, shape):
 
 
 # (gradient shape, operand shape) -> plan: a training loop meets the same few shapes.
-_BROADCAST_PLANS, _EINSUM_PLANS = {}, {}
+_BROADCAST_PLANS, _EINSUM_PLANS, _EXPAND_STRIDES = {}, {}, {}
 
 
 def _cached(cache, key, value):

@@ -9,6 +9,7 @@ import numpy as np
 
 from .. import nn, optim
 from ..autograd import no_grad
+from ..replay import jit
 from ..nn import functional as F
 from ..tensor import Tensor
 
@@ -101,7 +102,7 @@ def steps_to_accuracy(steps, accuracies, threshold):
 
 def train_run(model, data, steps, lr, batch_size=60, eval_every=50, seed=0, optimizer=None,
               probe_layer=-1, percentiles=(15, 50, 85), progress=False, label="",
-              stop_on_nan=True, on_eval=None):
+              stop_on_nan=True, on_eval=None, compiled=True):
     """Train ``model`` with minibatch SGD and evaluate it every ``eval_every`` steps (and at 0).
 
     ``data`` = (X_train, y_train, X_test, y_test). Each epoch is a fresh permutation (stream 1 of
@@ -113,6 +114,9 @@ def train_run(model, data, steps, lr, batch_size=60, eval_every=50, seed=0, opti
     Returns {"steps", "test_acc", "train_loss" (None at step 0), "percentiles" (ndarray
     (evals, len(percentiles), units)), "final_test_acc", "diverged", "seconds"}.
     ``on_eval(step, train_loss, test_acc)``, if given, is called at every evaluation.
+    ``compiled``: run the forward and backward through ``tinygrad_bn.jit`` (the same numpy calls,
+    so the same numbers, without rebuilding the graph every step); the optimizer steps eagerly,
+    so any optimizer works, also one that records things in Python.
     """
     X_train, y_train, X_test, y_test = data
     if len(X_train) < batch_size:
@@ -136,6 +140,13 @@ def train_run(model, data, steps, lr, batch_size=60, eval_every=50, seed=0, opti
         if on_eval is not None:
             on_eval(step, out["train_loss"][-1], out["test_acc"][-1])
 
+    def forward_backward(x, y):
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        return loss
+    if compiled:
+        forward_backward = jit(forward_backward)
+
     bar = progress_bar(steps, label) if progress else None
     start = time.perf_counter()
     model.train()
@@ -149,10 +160,8 @@ def train_run(model, data, steps, lr, batch_size=60, eval_every=50, seed=0, opti
             batch = 0
         lo = batch * batch_size
         batch += 1
-        loss = F.cross_entropy(model(Tensor(X_epoch[lo:lo + batch_size])),
-                               y_epoch[lo:lo + batch_size])
         opt.zero_grad()
-        loss.backward()
+        loss = forward_backward(Tensor(X_epoch[lo:lo + batch_size]), y_epoch[lo:lo + batch_size])
         opt.step()
         value = loss.item()
         loss_sum += value

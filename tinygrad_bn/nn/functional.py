@@ -106,9 +106,9 @@ def _one_hot_targets(targets, n, c, dtype):
         t = t.astype(np.intp)
     elif t.dtype.kind not in "iu":
         raise TypeError(f"cross_entropy: targets must be integer class indices, got {t.dtype}")
-    bad = (t < 0) | (t >= c)
-    if bad.any():
-        i = int(np.argmax(bad))
+    # Two reductions find out whether any target is bad; only then is the first one located.
+    if t.size and (np.minimum.reduce(t) < 0 or np.maximum.reduce(t) >= c):
+        i = int(np.argmax((t < 0) | (t >= c)))
         raise ValueError(f"cross_entropy: target {int(t[i])} at index {i} is out of range "
                          f"for {c} classes (valid: 0..{c - 1})")
     onehot = np.zeros((n, c), dtype=dtype)

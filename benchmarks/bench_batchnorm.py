@@ -3,6 +3,7 @@
 Candidates, on the same x (N, C), gamma, beta and upstream gradient:
 
 * ``tinygrad_bn``: ``nn.BatchNorm1d``, composed of primitives, differentiated by the engine;
+* ``tinygrad_bn jit``: the same layer's forward + backward as a ``jit`` step (replayed numpy);
 * ``composite``: the same composed steps written by hand in numpy — mean, subtract, square, mean,
   add eps, sqrt, divide, scale, shift — and their backward step by step, each step a new array as
   a graph would make it (what the engine could reach if its bookkeeping cost nothing);
@@ -23,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402  (sets the BLAS thread variables before numpy loads)
 import numpy as np  # noqa: E402
 
-from tinygrad_bn import Tensor, nn  # noqa: E402
+from tinygrad_bn import Tensor, jit, nn  # noqa: E402
 
 SHAPES = ((60, 100), (256, 512), (1024, 1024), (4096, 4096))
 EPS, MOMENTUM = 1e-5, 0.1
@@ -93,17 +94,8 @@ def candidates(n, c, dtype, seed=0):
     beta = (0.1 * rng.standard_normal(c)).astype(dtype)
     cands = {}
 
-    bn = nn.BatchNorm1d(c, eps=EPS, momentum=MOMENTUM, dtype=dtype)
-    bn.weight.data[...] = gamma
-    bn.bias.data[...] = beta
-    xt = Tensor(x, requires_grad=True)
-
-    def run_tinygrad():
-        xt.grad = bn.weight.grad = bn.bias.grad = None
-        y = bn(xt)
-        y.backward(g)
-        return y.data, xt.grad.data, bn.weight.grad.data, bn.bias.grad.data
-    cands["tinygrad_bn"] = run_tinygrad
+    for name, compiled in (("tinygrad_bn", False), ("tinygrad_bn jit", True)):
+        cands[name] = _tinygrad_candidate(x, gamma, beta, g, compiled)
 
     stats = {}
     for name, fn in (("composite", composite), ("closed_form", closed_form)):
@@ -130,12 +122,34 @@ def candidates(n, c, dtype, seed=0):
     return cands, x.nbytes
 
 
+def _tinygrad_candidate(x, gamma, beta, g, compiled):
+    bn = nn.BatchNorm1d(x.shape[1], eps=EPS, momentum=MOMENTUM, dtype=x.dtype)
+    bn.weight.data[...] = gamma
+    bn.bias.data[...] = beta
+    xt = Tensor(x, requires_grad=True)
+
+    def forward_backward(x, g):
+        y = bn(x)
+        y.backward(g)
+        return y
+    if compiled:
+        forward_backward = jit(forward_backward)
+
+    def run():
+        xt.grad = bn.weight.grad = bn.bias.grad = None
+        y = forward_backward(xt, g)
+        return y.data, xt.grad.data, bn.weight.grad.data, bn.bias.grad.data
+    return run
+
+
 def check_agree(n=33, c=7, tol=1e-9):
     """All candidates give the same y, dx, dgamma, dbeta in float64 (else the timing is moot)."""
     cands, _ = candidates(n, c, np.float64, seed=3)
     want = cands["closed_form"]()
     for name, fn in cands.items():
-        for what, got, ref in zip(("y", "dx", "dgamma", "dbeta"), fn(), want):
+        for _ in range(3):  # a jit candidate replays from its third call
+            got_all = fn()
+        for what, got, ref in zip(("y", "dx", "dgamma", "dbeta"), got_all, want):
             err = float(np.max(np.abs(got - ref) / np.maximum(1, np.abs(ref))))
             if not err <= tol:
                 raise AssertionError(f"batch norm {name}: {what} differs from the closed form "
@@ -177,9 +191,12 @@ def rows(result):
 def target_checks(result):
     checks = []
     for case, res in result["cases"].items():
-        e = res["candidates"]["tinygrad_bn"]
-        checks.append((f"batchnorm {case} time vs composite", e["ratio"]["composite"], TIME_LIMIT))
-        checks.append((f"batchnorm {case} peak memory / x", e["peak_x"], MEMORY_LIMIT))
+        for who in ("tinygrad_bn", "tinygrad_bn jit"):
+            e = res["candidates"][who]
+            mode = " (jit)" if who.endswith("jit") else ""
+            checks.append((f"batchnorm {case}{mode} time vs composite", e["ratio"]["composite"],
+                           TIME_LIMIT))
+            checks.append((f"batchnorm {case}{mode} peak memory / x", e["peak_x"], MEMORY_LIMIT))
     return checks
 
 

@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402  (sets the BLAS thread variables before numpy loads)
 import numpy as np  # noqa: E402
 
-from tinygrad_bn import Tensor  # noqa: E402
+from tinygrad_bn import Tensor, jit  # noqa: E402
 
 SHAPE = (4, 4)
 MUL, ADD = 1.0001, 0.5
@@ -32,6 +32,24 @@ def chain_tinygrad(x0, n_ops):
         y = y * MUL if i % 2 == 0 else y + ADD
     y.backward(np.ones(SHAPE))
     return x.grad.data
+
+
+def jit_chain(x0, n_ops):
+    """The same chain as a ``jit`` step: after two captures, a replay of the numpy calls."""
+    def chain(x, g):
+        y = x
+        for i in range(n_ops):
+            y = y * MUL if i % 2 == 0 else y + ADD
+        y.backward(g)
+        return y
+    step = jit(chain)
+    x, g = Tensor(x0, requires_grad=True), np.ones(SHAPE)
+
+    def run():
+        x.grad = None
+        step(x, g)
+        return x.grad.data
+    return run
 
 
 def chain_numpy(x0, n_ops):
@@ -58,6 +76,7 @@ def chain_torch(torch, x0, n_ops):
 def candidates(n_ops):
     x0 = np.random.default_rng(0).standard_normal(SHAPE)
     cands = {"tinygrad_bn": lambda: chain_tinygrad(x0, n_ops),
+             "tinygrad_bn jit": jit_chain(x0, n_ops),
              "numpy": lambda: chain_numpy(x0, n_ops)}
     torch = harness.optional_torch()
     if torch is not None:

@@ -26,9 +26,10 @@ def target_rows(results):
     """(target, measured, limit, verdict) rows for every target of issue 7 that was measured."""
     checks = []
     if "overhead" in results:
-        e = results["overhead"]["candidates"]["tinygrad_bn"]
-        if "torch" in e["ratio"]:
-            checks.append(("per-op overhead vs torch", e["ratio"]["torch"], 0.8))
+        for who, mode in (("tinygrad_bn", ""), ("tinygrad_bn jit", " (jit)")):
+            e = results["overhead"]["candidates"].get(who)
+            if e is not None and "torch" in e["ratio"]:
+                checks.append((f"per-op overhead{mode} vs torch", e["ratio"]["torch"], 0.8))
     if "step" in results:
         checks += bench_step.target_checks(results["step"])
     if "batchnorm" in results:

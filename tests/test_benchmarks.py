@@ -30,7 +30,7 @@ def pinned_threads():
                          ids=["tiny", "paper"])
 def test_step_correctness_gate(config):
     errors = bench_step.gate(*config)
-    assert errors["tinygrad_bn"] <= 1e-9
+    assert errors["tinygrad_bn"] <= 1e-9 and errors["tinygrad_bn jit"] <= 1e-9
 
 
 def test_gate_catches_a_wrong_step(monkeypatch):
@@ -58,7 +58,7 @@ def test_numpy_reference_matches_torch():
 def test_tiny_step_comparison_runs():
     cands = bench_step.candidates(*bench_step.TINY, np.float32)
     res = harness.compare(cands, rounds=2, inner=2, reference=["numpy", "torch"])
-    assert set(res["candidates"]) >= {"tinygrad_bn", "numpy"}
+    assert set(res["candidates"]) >= {"tinygrad_bn", "tinygrad_bn jit", "numpy"}
     assert "numpy" in res["candidates"]["tinygrad_bn"]["ratio"]
     assert harness.table(bench_step.rows({"cases": {"tiny/float32": res}}), bench_step.HEADERS)
 
@@ -66,6 +66,7 @@ def test_tiny_step_comparison_runs():
 def test_overhead_runs():
     res = bench_overhead.run(n_ops=100, rounds=2)
     assert res["candidates"]["tinygrad_bn"]["us_per_op"] > 0
+    assert res["candidates"]["tinygrad_bn jit"]["us_per_op"] > 0
     assert bench_overhead.rows(res)
 
 

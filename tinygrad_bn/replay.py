@@ -165,6 +165,10 @@ def _compile(first, second, first_out, out_spec, n_args):
         for reg in _registers(spec) + _registers(tuple(s for _, s in kwspec)):
             last_use[reg] = k
     kept = set(_registers((out_spec,)))
+    dies_after = {}  # instruction -> registers read for the last time there
+    for reg, k in last_use.items():
+        if reg not in kept:
+            dies_after.setdefault(k, []).append(f"r{reg}")
     for k, ((_, spec_a, kw_a, _), (fn, spec_b, kw_b, reg)) in enumerate(
             zip(first.instrs, second.instrs)):
         call_args = [expr(x, y) for x, y in zip(spec_a, spec_b)]
@@ -172,9 +176,8 @@ def _compile(first, second, first_out, out_spec, n_args):
         call = f"{bind('F', fn)}({', '.join(call_args)})"
         lines.append(f"    r{reg} = {call}" if reg is not None and (reg in last_use or reg in kept)
                      else f"    {call}")
-        dead = [f"r{r}" for r, last in last_use.items() if last == k and r not in kept]
-        if dead:
-            lines.append(f"    del {', '.join(dead)}")
+        if k in dies_after:
+            lines.append(f"    del {', '.join(dies_after[k])}")
     lines.append(f"    return {expr(first_out, out_spec)}")
     args = ", ".join(f"a{i}" for i in range(n_args))
     src = f"def replay({args}):\n" + "\n".join(lines) + "\n"

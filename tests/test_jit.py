@@ -252,3 +252,20 @@ def test_reset_captures_again():
     for x, y in data[3:]:
         step(Tensor(x), y)
     assert step.captured == 1
+
+
+def test_eval_replay_reads_loaded_running_statistics():
+    trained, other = mlp(seed=0), mlp(seed=5)
+    for x, y in batches(3):  # give the running statistics values of their own
+        F.cross_entropy(trained(Tensor(x)), y).backward()
+    trained.eval()
+    other.eval()
+    predict = jit(lambda x: other(x))
+    data = batches(4)
+    with no_grad():
+        for x, _ in data[:3]:
+            predict(Tensor(x))
+        other.load_state_dict(trained.state_dict())  # new arrays for weights and statistics
+        got = predict(Tensor(data[3][0]))
+        assert predict.replays == 2
+        assert np.array_equal(got.data, trained(Tensor(data[3][0])).data)

@@ -23,6 +23,8 @@ Two tapes of the same step agree (``same_as``) when they did the same work on th
 ``jit`` compiles a step only after two consecutive calls agree. Anything made outside the tape
 inside the step (``np.random...``, ``loss.item()``) differs between calls and is caught there.
 """
+import threading
+
 import numpy as np
 
 
@@ -78,6 +80,7 @@ class Tape:
     def __init__(self, arg_objects, arg_arrays):
         self.instrs = []
         self.n_regs = 0
+        self._thread = threading.get_ident()  # work of other threads is not this step's
         self._args = {id(a): i for i, a in enumerate(arg_objects)}
         self._inputs = {id(a): i for i, a in enumerate(arg_arrays) if a is not None}
         self._regs = {}  # id(array) -> register holding it
@@ -88,11 +91,15 @@ class Tape:
 
     def call(self, fn, args, kwargs=None):
         """Run ``fn(*args, **kwargs)`` (untaped inside) and write it down; returns its result."""
+        if threading.get_ident() != self._thread:
+            return fn(*args, **kwargs) if kwargs else fn(*args)
         return self._run(fn, tuple(self._spec(a) for a in args), args, kwargs)
 
     def forward(self, op, inputs, attrs):
         """An op's forward on tensors ``inputs``; the arrays of persistent tensors (parameters,
         buffers) are read live at replay."""
+        if threading.get_ident() != self._thread:
+            return op.forward(*[t.data for t in inputs], **attrs)
         spec = tuple(self._spec(t.data, t) for t in inputs)
         return self._run(op.forward, spec, [t.data for t in inputs], attrs)
 

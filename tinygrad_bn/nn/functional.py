@@ -44,8 +44,8 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
         if running_mean is None or running_var is None:
             raise ValueError("batch_norm outside training needs running_mean and running_var "
                              "(or call it with training=True to use the batch's statistics)")
-        centered = _named(x - per_feature(running_mean.detach()), "x − running_mean")
-        var = _named(per_feature(running_var.detach()), "running_var")
+        centered = _named(x - per_feature(_constant(running_mean)), "x − running_mean")
+        var = _named(per_feature(_constant(running_var)), "running_var")
     std = _named(_named(var + eps, "σ²_B + ε").sqrt(), "√(σ²_B + ε)")
     x_hat = _named(centered / std, "x̂")
     y = x_hat
@@ -54,6 +54,12 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
     if bias is not None:
         y = y + per_feature(bias)
     return _named(y, "y = γ·x̂ + β" if weight is not None and bias is not None else "y")
+
+
+def _constant(t):
+    # Buffers need no detach (no gradient); passing the buffer itself lets a jit replay read
+    # its current array (load_state_dict replaces it), not the one a detached copy wrapped.
+    return t.detach() if t.requires_grad else t
 
 
 def _named(t, name):

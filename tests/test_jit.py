@@ -269,3 +269,17 @@ def test_eval_replay_reads_loaded_running_statistics():
         got = predict(Tensor(data[3][0]))
         assert predict.replays == 2
         assert np.array_equal(got.data, trained(Tensor(data[3][0])).data)
+
+
+def test_number_arguments_and_numpy_scalar_constants():
+    model = mlp()
+
+    def scaled_loss(x, y, scale):
+        return F.cross_entropy(model(x) * np.float32(0.5), y) * scale
+    step = jit(scaled_loss)
+    for scale in (2.0, 2.0, 2.0, 3.0, 3.0, 3.0):
+        x, y = batches(1, seed=int(scale))[0]
+        with no_grad():
+            want = scaled_loss(Tensor(x), y, scale).item()
+            assert step(Tensor(x), y, scale).item() == want
+    assert step.captured == 2 and step.replays == 2  # each scale is its own signature

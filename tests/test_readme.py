@@ -25,6 +25,9 @@ def test_ten_lines_gradcheck_and_viz_examples_run(tmp_path, monkeypatch):
     exec(blocks[1], namespace)  # viz, on the ten lines' loss and model
     gradcheck_block = next(b for b in blocks if "gradcheck(" in b)
     exec(gradcheck_block, {})
+    jit_block = next(b for b in blocks if "@jit" in b)
+    exec(jit_block, namespace)  # continues the ten lines
+    assert namespace["train_step"].replays == 3
 
 
 @pytest.mark.parametrize("command", ["make demo", "make test"])

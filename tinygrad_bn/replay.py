@@ -85,7 +85,7 @@ class Jit:
         if prev is not None:
             why = tape.same_as(prev[0])
             if why is None and prev[1] == out_spec:
-                self._compiled[sig] = _compile(prev[0], tape, prev[1], out_spec, len(args))
+                self._compiled[sig] = _compile(prev[0], tape, prev[1], out_spec, sig[1:])
                 del self._pending[sig]
                 return out
             if prev[2] + 1 >= _ATTEMPTS:
@@ -122,14 +122,16 @@ def _signature(args):
 
 # ---- compiling two agreeing tapes into a Python function ----
 
-def _compile(first, second, first_out, out_spec, n_args):
+def _compile(first, second, first_out, out_spec, arg_sig):
     """The replay function: one line per instruction of ``second`` (which agrees with
     ``first``; where they read a tensor's array through different tensors but the same array,
-    the array is fixed, else the tensor's ``.data`` is read live)."""
+    the array is fixed, else the tensor's ``.data`` is read live). ``arg_sig``: the arguments'
+    part of the signature, which says which are tensors and which arrays."""
     ns = {"W": Tensor._wrap}
     names = {}
-    lines = [f"    d{i} = a{i}.data if type(a{i}) is not ndarray else a{i}" for i in range(n_args)]
-    ns["ndarray"] = np.ndarray
+    n_args = len(arg_sig)
+    lines = [f"    d{i} = a{i}.data" if kind[0] == "tensor" else f"    d{i} = a{i}"
+             for i, kind in enumerate(arg_sig) if kind[0] in ("tensor", "array")]
 
     def bind(prefix, obj):
         key = (prefix, id(obj))

@@ -379,8 +379,8 @@ def _const(x, like):
         if x.dtype.kind not in "fiub":
             raise TypeError(f"cannot combine a Tensor with an array of dtype {x.dtype}")
         return Tensor._wrap(x)
-    if isinstance(x, numbers.Real):
-        return Tensor._wrap(np.array(x, dtype=like.data.dtype))
+    if isinstance(x, numbers.Real):  # numpy scalars, Fractions, ...: shared like Python numbers
+        return _scalar(x.item() if isinstance(x, np.generic) else float(x), like.data.dtype)
     if isinstance(x, (list, tuple)):
         return Tensor(x, dtype=like.data.dtype)
     raise TypeError(f"cannot combine a Tensor with {_describe(x)}")

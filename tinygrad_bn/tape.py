@@ -27,6 +27,8 @@ import threading
 
 import numpy as np
 
+from .ops import PRIMITIVES
+
 
 class JitError(RuntimeError):
     """A step cannot be captured for replay (jit), or a replay would not repeat it."""
@@ -174,7 +176,7 @@ class Tape:
                     f"{len(self.instrs)}")
         for i, (a, b) in enumerate(zip(other.instrs, self.instrs)):
             if a[0] is not b[0] or a[3] != b[3] or not (_agree(a[1], b[1]) and
-                                                        _agree(a[2], b[2])):
+                                                        _agree_kwargs(a[2], b[2])):
                 return f"operation {i} ({describe(b[0])}) differs: {_diff(a, b)}"
         return None
 
@@ -192,10 +194,17 @@ def _agree(a, b):
     return all(_agree(x, y) for x, y in zip(a, b))
 
 
+def _agree_kwargs(a, b):
+    """The same keywords, standing for the same values (keywords are not spec kinds)."""
+    return len(a) == len(b) and all(ka == kb and _agree(x, y) for (ka, x), (kb, y) in zip(a, b))
+
+
 def _diff(a, b):
-    for what, x, y in (("arguments", a[1], b[1]), ("keyword arguments", a[2], b[2])):
-        if not _agree(x, y):
-            return f"its {what} were {_show(x)} on one call and {_show(y)} on the next"
+    if not _agree(a[1], b[1]):
+        return f"its arguments were {_show(a[1])} on one call and {_show(b[1])} on the next"
+    if not _agree_kwargs(a[2], b[2]):
+        shown = [", ".join(f"{k}={_show(s)}" for k, s in kw) for kw in (a[2], b[2])]
+        return f"its keyword arguments were ({shown[0]}) on one call and ({shown[1]}) on the next"
     return "its result is used differently"
 
 
@@ -205,9 +214,12 @@ def _show(spec):
     kind = spec[0]
     if kind in ("t", "l"):
         return "(" + ", ".join(_show(s) for s in spec[1]) + ")"
-    if kind in ("e", "x"):
-        v = spec[-1].obj
-        return f"an array {getattr(v, 'shape', '')} made outside the tape"
+    if kind == "e":
+        return f"an array {getattr(spec[1].obj, 'shape', '')} made outside the tape"
+    if kind == "x":
+        owner = spec[1].obj
+        return (f"the array {getattr(spec[2].obj, 'shape', '')} of a {type(owner).__name__} "
+                f"at {id(owner):#x}")
     if kind == "o":
         return f"{type(spec[1].obj).__name__} object at {id(spec[1].obj):#x}"
     if kind == "c":
@@ -218,7 +230,17 @@ def _show(spec):
 
 
 def describe(fn):
-    return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
+    """A readable name for a taped function: ops' forwards and derivatives are lambdas."""
+    if not _OP_PARTS:
+        for op in PRIMITIVES:
+            _OP_PARTS[op.forward] = f"{op.name} forward"
+            for i, vjp in enumerate(op.vjps):
+                _OP_PARTS.setdefault(vjp, f"{op.name} derivative for input {i}")
+    name = _OP_PARTS.get(fn)
+    return name or getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
+
+
+_OP_PARTS = {}
 
 
 def run(fn, *args, **kwargs):

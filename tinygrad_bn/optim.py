@@ -60,11 +60,7 @@ class SGD(Optimizer):
                 else:
                     buf += grad
             grad = grad + self.momentum * buf if self.nesterov else buf
-        step = state.get("scratch")  # reused every step: no allocation per parameter
-        if step is None or step.shape != grad.shape or step.dtype != p.data.dtype:
-            step = state["scratch"] = np.empty_like(p.data)
-        np.multiply(grad, self.lr, out=step, casting="unsafe")
-        p.data -= step
+        p.data -= np.multiply(grad, self.lr)
 
 
 class Adam(Optimizer):

@@ -99,6 +99,17 @@ def test_train_run_is_deterministic():
     assert a["test_acc"] == b["test_acc"] and a["train_loss"] == b["train_loss"]
 
 
+@pytest.mark.parametrize("bn", [False, True])
+def test_jit_replayed_training_equals_eager_training(bn):
+    # The demo replays forward+backward with jit; it must not change a single number.
+    data = tiny_data()
+    runs = [train_run(build_mlp(bn, hidden=(8, 8), n_in=20, seed=2), data, 25, 0.5,
+                      eval_every=5, seed=2, compiled=compiled) for compiled in (True, False)]
+    for key in ("test_acc", "train_loss"):
+        assert runs[0][key] == runs[1][key]
+    assert np.array_equal(runs[0]["percentiles"], runs[1]["percentiles"])
+
+
 def test_parallel_runs_equal_sequential_runs():
     data = tiny_data()
     kw = dict(steps=30, seeds=(0, 1), eval_every=10, hidden=(8,), progress=False)

@@ -39,13 +39,14 @@ def run_experiment(data, dataset="mnist5k", steps=None, lr=None, seeds=DEFAULTS[
                    variants=VARIANTS, eval_every=DEFAULTS["eval_every"],
                    batch_size=DEFAULTS["batch_size"], hidden=DEFAULTS["hidden"],
                    init_std=DEFAULTS["init_std"], activation=DEFAULTS["activation"],
-                   progress=True, jobs=1):
+                   progress=True, jobs=1, compiled=True):
     """Train every (variant, seed) pair on ``data`` and return {"schema", "config", "runs"}.
 
     ``steps`` and ``lr`` default to ``PRESETS[dataset]``. Both variants of a seed share the
     initial weights and the batch order, so their difference is batch norm alone. ``jobs`` > 1
     trains that many runs at once in worker processes (one BLAS thread each); every run is
-    deterministic, so the results are the same as with ``jobs=1``.
+    deterministic, so the results are the same as with ``jobs=1``. ``compiled=False`` builds
+    the graph at every step instead of replaying it with ``jit`` (same numbers, slower).
     """
     preset = PRESETS.get(dataset, PRESETS["mnist"])
     steps = preset["steps"] if steps is None else int(steps)
@@ -61,7 +62,7 @@ def run_experiment(data, dataset="mnist5k", steps=None, lr=None, seeds=DEFAULTS[
                        "BN layers use the test set's own batch statistics",
               "n_train": int(len(data[0])), "n_test": int(len(data[2]))}
     settings = dict(steps=steps, lr=lr, batch_size=batch_size, eval_every=eval_every,
-                    hidden=hidden, init_std=init_std, activation=activation)
+                    hidden=hidden, init_std=init_std, activation=activation, compiled=compiled)
     pairs = [(seed, variant) for seed in seeds for variant in variants]
     jobs = max(1, min(int(jobs), len(pairs)))
     if jobs == 1:
@@ -78,7 +79,8 @@ def _one_run(data, seed, variant, settings, progress, on_eval=None):
     result = train_run(model, data, settings["steps"], settings["lr"],
                        batch_size=settings["batch_size"], eval_every=settings["eval_every"],
                        seed=seed, percentiles=PERCENTILES, progress=progress,
-                       label=_label(seed, variant), on_eval=on_eval)
+                       label=_label(seed, variant), on_eval=on_eval,
+                       compiled=settings["compiled"])
     result.update(variant=variant, seed=int(seed))
     for t in THRESHOLDS:
         result[f"steps_to_{round(t * 100)}"] = steps_to_accuracy(

@@ -203,7 +203,9 @@ def test_arrays_made_outside_the_engine_are_caught():
     model = mlp()
 
     def noisy(x, y):  # fresh noise every call, made by numpy, not by an op
-        return F.cross_entropy(model(x + Tensor(np.random.randn(*x.shape))), y)
+        loss = F.cross_entropy(model(x + Tensor(np.random.randn(*x.shape))), y)
+        loss.backward()
+        return loss
     step = jit(noisy)
     with pytest.raises(JitError, match="made outside the tape"):
         for x, y in batches(5):
@@ -216,7 +218,9 @@ def test_branching_on_call_count_is_caught():
     def alternating(x, y):
         calls.append(1)
         out = model(x)
-        return F.cross_entropy(out * 2 if len(calls) % 2 else out, y)
+        loss = F.cross_entropy(out * 2 if len(calls) % 2 else out, y)
+        loss.backward()
+        return loss
     step = jit(alternating)
     with pytest.raises(JitError, match="4 calls in a row did different work"):
         for x, y in batches(5):
@@ -283,3 +287,224 @@ def test_number_arguments_and_numpy_scalar_constants():
             want = scaled_loss(Tensor(x), y, scale).item()
             assert step(Tensor(x), y, scale).item() == want
     assert step.captured == 2 and step.replays == 2  # each scale is its own signature
+
+
+# ---- found by an adversarial review: each case matches eager, or is refused ----
+
+def run_both(make, inputs, between=None):
+    """Run an eager and a jit copy of ``make()`` -> (step, model, opt) on the same inputs,
+    calling ``between(i, model, opt)`` on both copies before call i; compare every call."""
+    (eager, em, eo), (step, jm, jo) = make(), make()
+    step = jit(step)
+    for i, args in enumerate(inputs):
+        if between is not None:
+            between(i, em, eo)
+            between(i, jm, jo)
+        want, got = eager(*args()), step(*args())
+        assert np.array_equal(got.data, want.data), f"output at call {i}"
+        assert_same_state(state_of(jm, jo), state_of(em, eo))
+    return step
+
+
+def classifier(loss_extra=lambda model, out: 0):
+    def make():
+        model = mlp()
+        opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+
+        def step(x, y):
+            opt.zero_grad()
+            out = model(x)
+            loss = F.cross_entropy(out, y) + loss_extra(model, out)
+            loss.backward()
+            opt.step()
+            return loss
+        return step, model, opt
+    return make
+
+
+def inputs(n=7, **kw):
+    return [(lambda x=x, y=y: (Tensor(x), y)) for x, y in batches(n, **kw)]
+
+
+def test_detached_parameter_is_read_live_after_load_state_dict():
+    def between(i, model, opt):
+        if i == 4:
+            model.load_state_dict({k: v * 0.5 for k, v in model.state_dict().items()})
+    run_both(classifier(lambda m, out: (m[0].weight.detach() * 0.01).sum()), inputs(), between)
+
+
+def test_zero_constants_comparison_masks_and_list_indices_replay():
+    extra = lambda m, out: (out * (out > 0)).sum() * 0.0 + out[[0, 2]].mean() * 0.1  # noqa: E731
+    assert run_both(classifier(extra), inputs()).replays == 5
+
+
+def test_same_array_twice_then_different_arrays():
+    x, y = batches(1)[0]
+    args = [lambda: (Tensor(x), y)] * 3 + inputs(4, seed=7)
+
+    def make():
+        step, model, opt = classifier()()
+        return (lambda a, b, c: step(a, c)), model, opt
+    run_both(make, [lambda a=a: (a()[0], a()[0], a()[1]) for a in args])
+
+
+def test_new_dtype_or_new_optimizer_captures_again():
+    # Variables the step names are guarded (a new optimizer under the same name), and so are
+    # the dtypes and shapes of the tensors it reads live (model.float()).
+    def make():
+        model = mlp()
+        opt = optim.SGD(model.parameters(), lr=0.1)
+
+        def step(x, y):
+            opt.zero_grad()
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            return loss
+
+        def new_optimizer():
+            nonlocal opt
+            opt = optim.Adam(model.parameters(), lr=0.01)
+        return step, model, new_optimizer
+
+    (eager, em, e_new), (step, jm, j_new) = make(), make()
+    step = jit(step)
+    for i, (x, y) in enumerate(batches(9)):
+        if i == 3:
+            e_new(), j_new()
+        if i == 6:
+            em.float(), jm.float()
+        dtype = np.float32 if i >= 6 else np.float64
+        assert step(Tensor(x.astype(dtype)), y).item() == eager(Tensor(x.astype(dtype)), y).item()
+    for p, q in zip(em.parameters(), jm.parameters()):
+        assert p.dtype == q.dtype and np.array_equal(p.data, q.data)
+    assert step.captured == 2  # float64 args and float32 args; the float64 one was redone
+
+
+def test_gradients_accumulated_over_calls_with_zero_grad_outside():
+    model_e, model_j = mlp(), mlp()
+
+    def forward_backward(model):
+        def step(x, y):
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            return loss
+        return step
+    eager, step = forward_backward(model_e), jit(forward_backward(model_j))
+    for i, (x, y) in enumerate(batches(9)):
+        if i % 3 == 0:
+            model_e.zero_grad(), model_j.zero_grad()
+        eager(Tensor(x), y), step(Tensor(x), y)
+        for p, q in zip(model_e.parameters(), model_j.parameters()):
+            assert np.array_equal(p.grad.data, q.grad.data), i
+
+
+def test_numpy_work_on_parameters_inside_the_step_is_refused_by_the_trial():
+    model = mlp()
+
+    def step(x, y):
+        model.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        for p in model.parameters():
+            p.data -= 0.1 * p.grad.data  # plain numpy: not on the tape
+        return loss
+    reference = mlp()
+    jitted = jit(step)
+    data = batches(3)
+    for x, y in data[:2]:
+        jitted(Tensor(x), y)
+    with pytest.raises(JitError, match="a replay would not do what the step does"):
+        jitted(Tensor(data[2][0]), data[2][1])
+    for x, y in data:  # the refused call was still applied once, eagerly
+        reference.zero_grad()
+        F.cross_entropy(reference(Tensor(x)), y).backward()
+        for p in reference.parameters():
+            p.data -= 0.1 * p.grad.data
+    for p, q in zip(reference.parameters(), model.parameters()):
+        assert np.array_equal(p.data, q.data)
+
+
+def test_global_arrays_boolean_masks_and_unused_graphs_are_refused():
+    model = mlp()
+    x, y = batches(1)[0]
+    weights = np.linspace(0, 1, 4)
+
+    def weighted(x, y):
+        loss = (model(x) * weights).sum()  # a numpy array from outside, wrapped at every call
+        loss.backward()
+        return loss
+    step = jit(weighted)
+    with pytest.raises(JitError, match="Pass it as an argument"):
+        for _ in range(3):
+            step(Tensor(x), y)
+
+    def masked(x, mask):
+        loss = model(x)[mask].sum()
+        loss.backward()
+        return loss
+    with pytest.raises(JitError, match="boolean mask"):
+        jit(masked)(Tensor(x), y > 1)
+    with pytest.raises(JitError, match="did not backpropagate"):
+        jit(lambda x: model(x))(Tensor(x))
+
+
+def test_keyword_arguments_and_methods():
+    class Trainer:
+        def __init__(self):
+            self.model = mlp()
+            self.opt = optim.SGD(self.model.parameters(), lr=0.1)
+
+        @jit
+        def step(self, x, y):
+            self.opt.zero_grad()
+            loss = F.cross_entropy(self.model(x), y)
+            loss.backward()
+            self.opt.step()
+            return loss
+    a, b = Trainer(), Trainer()
+    eager_model = mlp()
+    eager_opt = optim.SGD(eager_model.parameters(), lr=0.1)
+    eager = make_step(eager_model, eager_opt)
+    for x, y in batches(5):
+        want = eager(Tensor(x), y).item()
+        assert a.step(Tensor(x), y=y).item() == want
+    assert a.step.replays == 3 and b.step.replays == 0  # one Jit per instance
+
+
+def test_number_arguments_that_change_every_call_do_not_pile_up():
+    model = mlp()
+
+    def step(x, scale):
+        with no_grad():
+            return model(x) * scale
+    jitted = jit(step)
+    x, _ = batches(1)[0]
+    with pytest.warns(RuntimeWarning, match="number argument that changes"):
+        for i in range(40):
+            jitted(Tensor(x), float(i))
+    assert len(jitted._pending) <= 16
+
+
+def test_other_threads_run_eagerly_while_a_step_is_captured():
+    import threading
+    model, other = mlp(), mlp(seed=3)
+    x, y = batches(1)[0]
+    seen, started, release = [], threading.Event(), threading.Event()
+
+    def step(x, y):
+        started.set()
+        release.wait(5)  # keep the capture open while the other thread works
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        return loss
+
+    def worker():
+        started.wait(5)
+        seen.append(F.cross_entropy(other(Tensor(x)), y).item())  # item(): fine out here
+        release.set()
+    thread = threading.Thread(target=worker)
+    thread.start()
+    jit(step)(Tensor(x), y)
+    thread.join()
+    assert seen == [F.cross_entropy(other(Tensor(x)), y).item()]

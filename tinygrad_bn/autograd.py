@@ -386,25 +386,25 @@ def _accumulate(t, g, dtype, handed_out, wrap):
     A writeable result of a derivative rule (or a view of one, like a transposed matmul result)
     whose buffer is not among them is taken as it is; anything else is copied.
     """
-    if t.grad is not None:
-        arr = run(_plus_grad, t, g)
-    elif type(g) is np.ndarray and g.flags.writeable and _buffer_id(g) not in handed_out:
-        arr = g
-    else:
-        arr = run(np.array, g, dtype=dtype)
-    if arr.dtype != dtype:
-        arr = run(_astype, arr, dtype)
+    take = type(g) is np.ndarray and g.flags.writeable and _buffer_id(g) not in handed_out
+    arr = run(_add_grad, t, g, dtype, take, wrap)
+    # g's buffer counts as handed out even when it was added, not taken: whether t had a
+    # gradient is decided at call time (a jit replay), so no later tensor may take it either.
+    handed_out.add(_buffer_id(g))
     handed_out.add(_buffer_id(arr))
-    run(_set_grad, t, arr, wrap)
 
 
-def _plus_grad(t, g):
-    # Reads t.grad when called, so a jit replay adds to the gradient of the previous step.
-    return t.grad.data + g
-
-
-def _set_grad(t, arr, wrap):
+def _add_grad(t, g, dtype, take, wrap):
+    """``t.grad`` (+)= g, deciding at call time whether t already has a gradient, so a jit
+    replay follows zero_grad() and accumulation done outside the step; returns the array."""
+    if t.grad is not None:
+        arr = t.grad.data + g
+    else:
+        arr = g if take else np.array(g, dtype=dtype)
+    if arr.dtype != dtype:
+        arr = arr.astype(dtype)
     t.grad = wrap(arr)  # always a plain Tensor, also for a Parameter
+    return arr
 
 
 def _buffer_id(a):

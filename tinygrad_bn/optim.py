@@ -23,11 +23,15 @@ class Optimizer:
             run(setattr, p, "grad", None)  # on a jit tape, so a replay does it too
 
     def step(self):
-        for p, state in zip(self.params, self.state):
+        for i, p in enumerate(self.params):
             if p.grad is not None:
-                # One call per parameter, as a jit replay repeats it: hyperparameters (lr)
-                # and state (momentum buffers, Adam's step count) are read at every call.
-                run(type(self)._update, self, p, p.grad.data, state)
+                # One call per parameter, as a jit replay repeats it: the parameter, its state
+                # (momentum buffer, Adam's step count) and the hyperparameters (lr) are looked
+                # up at every call.
+                run(Optimizer._update_at, self, i, p.grad.data)
+
+    def _update_at(self, i, grad):
+        self._update(self.params[i], grad, self.state[i])
 
     def _update(self, p, grad, state):
         raise NotImplementedError

@@ -15,21 +15,35 @@ parameters and buffers (read live, so in-place updates and replaced ``.data`` ar
 the optimizer's state; the optimizer's hyperparameters are read at every call (a new ``lr``
 applies). What it does not repeat: any other Python in the step (printing, counting, ``if``) and
 Python values it fixed at capture (batch norm's momentum and eps, ``train()``/``eval()``, which
-parameters had a gradient). After changing those, call ``step.reset()``. Reading a tensor's
-value inside the step (``item()``, ``numpy()``, ``if t:``) raises ``JitError``; arrays made
-outside the engine inside the step (``np.random`` noise, ``Tensor`` wrappers are fine) are
-caught when two calls are compared.
+parameters had a gradient). After changing those, call ``step.reset()``.
+
+What protects a replay from doing something else than the eager step would:
+* two calls in a row must do the same work on the same objects before anything is compiled
+  (arrays made outside the engine inside the step, like ``np.random`` noise, differ);
+* the compiled step is trusted only after a trial: one call runs eagerly and is replayed from
+  the same starting state, and everything both touched (parameters, gradients, buffers,
+  optimizer state, outputs) must come out bit for bit the same, which catches numpy work on
+  ``.data``/``.grad`` inside the step (``replay_state.py``);
+* guards, checked before every replay, capture again when a live tensor changed dtype or shape
+  (``model.double()``) or a variable the step reads names another object (``replay_codegen.py``);
+* ``JitError`` for what cannot work: reading a value inside the step (``item()``, ``numpy()``,
+  ``if t:``), indexing with a boolean mask, returning a tensor whose graph was not used.
 
     step = jit(train_step)          # or @jit on the definition
     loss = step(Tensor(x), y)       # x, y: arrays of the same shapes at every call
 """
+import warnings
+
 import numpy as np
 
 from . import autograd
+from .replay_codegen import STALE, compile_replay
+from .replay_state import difference, restore, snapshot
 from .tape import JitError, Tape
 from .tensor import Tensor
 
 _ATTEMPTS = 4  # calls captured without two in a row agreeing, before giving up
+_SIGNATURES = 16  # pending captures kept (a number argument that changes every call...)
 
 
 def jit(fn):
@@ -40,21 +54,24 @@ def jit(fn):
 class Jit:
     """A step function that is captured on its first calls and replayed afterwards.
 
-    Calls are grouped by their arguments' kind, shape and dtype (and the grad mode); each group
-    is captured (run eagerly, with its work recorded) until two consecutive calls agree, then
-    replayed. ``reset()`` forgets every capture.
+    Calls are grouped by their arguments' kind, shape, dtype (numbers: value) and the grad
+    mode; each group is captured (run eagerly, with its work recorded) until two consecutive
+    calls agree, checked once by a trial replay, then replayed. ``reset()`` forgets every
+    capture. On a method, each instance gets its own.
     """
 
     def __init__(self, fn):
         self.fn = fn
         self.__name__ = getattr(fn, "__name__", "step")
         self.__doc__ = getattr(fn, "__doc__", None)
+        self._bound = {}
         self.reset()
 
     def reset(self):
         """Capture again on the next calls (after changing what the step fixed at capture)."""
-        self._compiled = {}  # signature -> replay function
+        self._compiled = {}  # signature -> (replay function, trusted)
         self._pending = {}  # signature -> (last tape, its output spec, calls captured)
+        self._warned = False
         self.replays = 0
 
     @property
@@ -62,41 +79,112 @@ class Jit:
         """How many argument signatures have a compiled replay."""
         return len(self._compiled)
 
-    def __call__(self, *args):
-        if Tape.active is not None:  # called inside another jit's capture: part of its tape
-            return self.fn(*args)
-        sig = _signature(args)
-        replay = self._compiled.get(sig)
-        if replay is not None:
-            self.replays += 1
-            return replay(*args)
-        return self._capture(sig, args)
+    def __get__(self, obj, objtype=None):
+        if obj is None:
+            return self
+        bound = self._bound.get(id(obj))
+        if bound is None or bound[0] is not obj:
+            bound = self._bound[id(obj)] = (obj, Jit(self.fn.__get__(obj, objtype)))
+        return bound[1]
 
-    def _capture(self, sig, args):
-        tape = Tape(args, [_array_of(a) for a in args])
+    def __call__(self, *args, **kwargs):
+        if Tape.active is not None:  # called inside another jit's capture: part of its tape
+            return self.fn(*args, **kwargs)
+        names = tuple(kwargs)
+        flat = args + tuple(kwargs.values())
+        sig = _signature(flat, names)
+        entry = self._compiled.get(sig)
+        if entry is not None:
+            replay, trusted = entry
+            if not trusted:
+                return self._trial(sig, replay, flat, names)
+            out = replay(*flat)
+            if out is not STALE:
+                self.replays += 1
+                return out
+            del self._compiled[sig]  # a guard failed: capture again
+        return self._capture(sig, flat, names)
+
+    def _run(self, flat, names):
+        n = len(flat) - len(names)
+        return self.fn(*flat[:n], **dict(zip(names, flat[n:])))
+
+    def _capture(self, sig, flat, names):
+        tape = Tape(flat, [_array_of(a) for a in flat])
         Tape.active = tape
         try:
-            out = self.fn(*args)
+            out = self._run(flat, names)
+            _check_outputs(out, self.__name__)
             out_spec = tape.output_spec(out)
         finally:
             Tape.active = None
             tape.finish()
-        prev = self._pending.get(sig)
+        prev = self._pending.pop(sig, None)
         if prev is not None:
             why = tape.same_as(prev[0])
             if why is None and prev[1] == out_spec:
-                self._compiled[sig] = _compile(prev[0], tape, prev[1], out_spec, sig[1:])
-                del self._pending[sig]
+                kinds = [k[0] for k in sig[2:]]
+                self._compiled[sig] = (compile_replay(prev[0], tape, prev[1], out_spec, kinds,
+                                                      self.fn), False)
                 return out
             if prev[2] + 1 >= _ATTEMPTS:
-                del self._pending[sig]
                 raise JitError(
                     f"jit({self.__name__}): {prev[2] + 1} calls in a row did different work, so "
                     f"there is nothing fixed to replay (this call's step was applied): "
                     f"{why or 'the returned value comes from different places'}. Arrays made "
                     f"outside the engine inside the step, or Python branching on data, do this")
+        if len(self._pending) >= _SIGNATURES:
+            self._pending.pop(next(iter(self._pending)))
+            if not self._warned:
+                self._warned = True
+                warnings.warn(f"jit({self.__name__}): {_SIGNATURES} argument signatures are "
+                              f"waiting for a second call; a number argument that changes at "
+                              f"every call is captured anew each time (pass it as an array)",
+                              RuntimeWarning, stacklevel=3)
         self._pending[sig] = (tape, out_spec, 1 if prev is None else prev[2] + 1)
         return out
+
+    def _trial(self, sig, replay, flat, names):
+        """Run the step eagerly, then the replay from the same starting state; trust the replay
+        only if both leave the same state behind."""
+        roots = list(replay.objects) + [a for a in flat if isinstance(a, (Tensor, np.ndarray))]
+        before = snapshot(roots)
+        out_eager = self._run(flat, names)
+        after_eager = snapshot([roots, out_eager])
+        restore(before)
+        try:
+            out = replay(*flat)
+        except Exception as e:
+            restore(after_eager)
+            del self._compiled[sig]
+            raise JitError(f"jit({self.__name__}): the trial replay failed ({type(e).__name__}: "
+                           f"{e}); this call's step was applied eagerly") from e
+        if out is STALE:  # the eager call itself changed what a guard checks
+            restore(after_eager)
+            del self._compiled[sig]
+            return out_eager
+        why = difference(after_eager, snapshot([roots, out]), "the state")
+        if why is not None:
+            restore(after_eager)
+            del self._compiled[sig]
+            raise JitError(
+                f"jit({self.__name__}): a replay would not do what the step does: after an eager "
+                f"call and a replay from the same state, {why}. The step changes something "
+                f"outside the engine (numpy on .data or .grad, assigning p.data or p.grad, "
+                f"branching on values); use tensor ops and optimizers inside a jit step, or do "
+                f"that outside it (this call's step was applied eagerly)")
+        self._compiled[sig] = (replay, True)
+        self.replays += 1
+        return out
+
+
+def _check_outputs(out, name):
+    for t in out if isinstance(out, (tuple, list)) else (out,):
+        ctx = getattr(t, "_ctx", None)
+        if ctx is not None and autograd.is_node(ctx) and not autograd.is_released(ctx):
+            raise JitError(f"jit({name}): the step returns a tensor whose graph it did not "
+                           f"backpropagate, but replays build no graph. Call backward() inside "
+                           f"the step, or compute under no_grad() (inference)")
 
 
 def _array_of(a):
@@ -105,101 +193,20 @@ def _array_of(a):
     return a if isinstance(a, np.ndarray) else None
 
 
-def _signature(args):
-    sig = [autograd.is_grad_enabled()]
-    for a in args:
+def _signature(flat, names):
+    """What a compiled replay assumes of its arguments: kinds, shapes, dtypes, which ones are
+    the same object, numbers' values; and the grad mode and keyword names."""
+    sig = [autograd.is_grad_enabled(), names]
+    first = {}
+    for i, a in enumerate(flat):
         if isinstance(a, Tensor):
-            sig.append(("tensor", a.data.shape, a.data.dtype, a.requires_grad))
+            sig.append(("tensor", a.data.shape, a.data.dtype, a.requires_grad,
+                        first.setdefault(id(a), i), first.setdefault(id(a.data), i)))
         elif isinstance(a, np.ndarray):
-            sig.append(("array", a.shape, a.dtype))
-        elif a is None or isinstance(a, (bool, int, float, str)):
+            sig.append(("array", a.shape, a.dtype, first.setdefault(id(a), i)))
+        elif a is None or isinstance(a, (bool, int, float, str, np.generic)):
             sig.append(("value", type(a), a))
         else:
             raise JitError(f"jit step arguments must be tensors, arrays, numbers or strings, got "
                            f"{type(a).__name__}: convert it with np.asarray")
     return tuple(sig)
-
-
-# ---- compiling two agreeing tapes into a Python function ----
-
-def _compile(first, second, first_out, out_spec, arg_sig):
-    """The replay function: one line per instruction of ``second`` (which agrees with
-    ``first``; where they read a tensor's array through different tensors but the same array,
-    the array is fixed, else the tensor's ``.data`` is read live). ``arg_sig``: the arguments'
-    part of the signature, which says which are tensors and which arrays."""
-    ns = {"W": Tensor._wrap}
-    names = {}
-    n_args = len(arg_sig)
-    lines = [f"    d{i} = a{i}.data" if kind[0] == "tensor" else f"    d{i} = a{i}"
-             for i, kind in enumerate(arg_sig) if kind[0] in ("tensor", "array")]
-
-    def bind(prefix, obj):
-        key = (prefix, id(obj))
-        if key not in names:
-            names[key] = f"{prefix}{len(names)}"
-            ns[names[key]] = obj
-        return names[key]
-
-    def expr(a, b):
-        kind = b[0]
-        if kind == "r":
-            return f"r{b[1]}"
-        if kind == "in":
-            return f"d{b[1]}"
-        if kind == "arg":
-            return f"a{b[1]}"
-        if kind == "x":
-            return f"{bind('X', b[1].obj)}.data" if a[1] == b[1] else bind("E", b[2].obj)
-        if kind in ("e", "o"):
-            return bind(kind.upper(), b[1].obj)
-        if kind == "c":
-            v = b[2]
-            return repr(v) if v is None or type(v) in (bool, int, str) else bind("C", v)
-        if kind in ("t", "l"):
-            items = "".join(expr(x, y) + ", " for x, y in zip(a[1], b[1]))
-            return f"({items})" if kind == "t" else f"[{items}]"
-        if kind == "tensor":
-            return f"W({expr(a[1], b[1])})"
-        raise AssertionError(f"unknown spec {b!r}")
-
-    last_use = {}
-    for k, (_, spec, kwspec, _) in enumerate(second.instrs):
-        for reg in _registers(spec) + _registers(tuple(s for _, s in kwspec)):
-            last_use[reg] = k
-    kept = set(_registers((out_spec,)))
-    dies_after = {}  # instruction -> registers read for the last time there
-    for reg, k in last_use.items():
-        if reg not in kept:
-            dies_after.setdefault(k, []).append(f"r{reg}")
-    for k, ((_, spec_a, kw_a, _), (fn, spec_b, kw_b, reg)) in enumerate(
-            zip(first.instrs, second.instrs)):
-        call_args = [expr(x, y) for x, y in zip(spec_a, spec_b)]
-        call_args += [f"{key}={expr(x, y)}" for (_, x), (key, y) in zip(kw_a, kw_b)]
-        call = f"{bind('F', fn)}({', '.join(call_args)})"
-        lines.append(f"    r{reg} = {call}" if reg is not None and (reg in last_use or reg in kept)
-                     else f"    {call}")
-        if k in dies_after:
-            lines.append(f"    del {', '.join(dies_after[k])}")
-    lines.append(f"    return {expr(first_out, out_spec)}")
-    args = ", ".join(f"a{i}" for i in range(n_args))
-    src = f"def replay({args}):\n" + "\n".join(lines) + "\n"
-    exec(compile(src, "<jit replay>", "exec"), ns)
-    replay = ns["replay"]
-    replay.source = src
-    return replay
-
-
-def _registers(specs):
-    """The registers a tuple of specs reads."""
-    out = []
-    for s in specs:
-        if type(s) is not tuple or not s:
-            continue
-        if s[0] == "r":
-            out.append(s[1])
-        elif s[0] in ("t", "l"):
-            out += _registers(s[1])
-        elif s[0] == "tensor":
-            out += _registers((s[1],))
-    return out
-

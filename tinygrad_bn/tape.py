@@ -86,7 +86,8 @@ class Tape:
         self._args = {id(a): i for i, a in enumerate(arg_objects)}
         self._inputs = {id(a): i for i, a in enumerate(arg_arrays) if a is not None}
         self._regs = {}  # id(array) -> register holding it
-        self._owners = {}  # id(array) -> the tensor made before the call that holds it
+        self._owners = {}  # id(array) -> the first tensor seen holding it
+        self._aliases = {}  # id(tensor) -> the tensor it was detached from
         self._alive = list(arg_objects)  # everything whose id is in a map above
 
     # ---- recording ----
@@ -130,12 +131,18 @@ class Tape:
                 return ("r", self._regs[key])
             if key in self._inputs:
                 return ("in", self._inputs[key])
+            if key in self._args:  # a numpy scalar argument
+                return ("arg", self._args[key])
+            if t is not np.ndarray:  # a numpy scalar made by Python code: a value, like 0.5
+                return ("c", t, v)
             self._alive.append(v)
-            if tensor is None:
+            if tensor is not None:
+                tensor = self._aliases.get(id(tensor), tensor)
+                self._owners.setdefault(key, tensor)
+            else:
                 tensor = self._owners.get(key)
             if tensor is not None:
                 self._alive.append(tensor)
-                self._owners[key] = tensor
                 return ("x", _Ref(tensor), _Ref(v))
             return ("e", _Ref(v))
         if t is tuple or t is list:
@@ -146,6 +153,12 @@ class Tape:
             return ("c", t, v)
         self._alive.append(v)
         return ("o", _Ref(v))
+
+    def alias(self, tensor, original):
+        """``tensor`` wraps ``original``'s array (``detach()``): read it as ``original.data``."""
+        if threading.get_ident() == self._thread:
+            self._aliases[id(tensor)] = self._aliases.get(id(original), original)
+            self._alive += [tensor, original]
 
     def output_spec(self, value):
         """Where the step's return value comes from: a tensor's array, None, or a tuple."""
@@ -165,7 +178,8 @@ class Tape:
 
     def finish(self):
         """Stop holding the arrays of this call (the instructions keep what replay needs)."""
-        self._alive = self._regs = self._inputs = self._args = self._owners = None
+        self._alive = self._regs = self._inputs = self._args = None
+        self._owners = self._aliases = None
 
     # ---- comparing two captures ----
 
@@ -254,7 +268,8 @@ def run(fn, *args, **kwargs):
 
 def refuse(what):
     """Raise if a tape is recording: ``what`` would be frozen into every replay."""
-    if Tape.active is not None:
+    tape = Tape.active
+    if tape is not None and tape._thread == threading.get_ident():
         raise JitError(f"{what} inside a jit step: the value would be read once, at capture, "
                        f"and frozen into every replay. Return the tensor from the step and read "
                        f"it outside")

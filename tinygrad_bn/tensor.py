@@ -4,12 +4,14 @@ Every differentiable method either applies one primitive of ``ops.py`` through `
 composed from other methods (``var``, ``softmax``, ``log_softmax``, ``min``) and then has no
 derivative of its own: autodiff derives it.
 """
+import math
 import numbers
+import operator
 
 import numpy as np
 
 from . import allocator, autograd, ops
-from .tape import Tape, refuse, run
+from .tape import JitError, Tape, refuse, run
 
 # Every op allocates a fresh array: let malloc reuse freed blocks instead of refaulting pages.
 allocator.keep_freed_memory()
@@ -108,7 +110,10 @@ class Tensor:
 
     def detach(self):
         """The same data, cut from the graph (no gradient flows through it)."""
-        return Tensor._wrap(self.data)
+        out = Tensor._wrap(self.data)
+        if Tape.active is not None:  # a jit replay reads self.data, which may be replaced
+            Tape.active.alias(out, self)
+        return out
 
     def requires_grad_(self, requires_grad=True):
         """Start (or stop) recording operations on this leaf; returns the tensor."""
@@ -219,17 +224,18 @@ class Tensor:
 
     # Comparisons give constant (bool) tensors: masks carry no gradient. == stays identity so
     # tensors remain hashable (the graph walk keeps them in sets).
+    # Comparisons give boolean masks without a gradient (on a jit tape like any array work).
     def __gt__(self, other):
-        return Tensor._wrap(self.data > _data(other))
+        return Tensor._wrap(run(operator.gt, self.data, _data(other)))
 
     def __ge__(self, other):
-        return Tensor._wrap(self.data >= _data(other))
+        return Tensor._wrap(run(operator.ge, self.data, _data(other)))
 
     def __lt__(self, other):
-        return Tensor._wrap(self.data < _data(other))
+        return Tensor._wrap(run(operator.lt, self.data, _data(other)))
 
     def __le__(self, other):
-        return Tensor._wrap(self.data <= _data(other))
+        return Tensor._wrap(run(operator.le, self.data, _data(other)))
 
     # ---- elementwise functions ----
     def sqrt(self):
@@ -392,14 +398,14 @@ _SCALARS = {}
 
 
 def _scalar(x, dtype):
-    key = (x, dtype)
+    # 0.0 == -0.0 as keys, but not as values: the sign of a zero is part of its key.
+    key = (x, dtype) if x != 0 else (x, dtype, math.copysign(1.0, x))
     t = _SCALARS.get(key)
     if t is None:
         t = Tensor._wrap(np.array(x, dtype=dtype))
-        if x != 0:  # 0.0 == -0.0 as keys, but not as values
-            if len(_SCALARS) > 1024:
-                _SCALARS.clear()
-            _SCALARS[key] = t
+        if len(_SCALARS) > 1024:
+            _SCALARS.clear()
+        _SCALARS[key] = t
     return t
 
 
@@ -456,7 +462,10 @@ def _index_arg(index):
     if isinstance(index, Tensor):
         index = index.data
     if isinstance(index, list):
-        index = np.asarray(index)
+        index = run(np.asarray, index)
+    if isinstance(index, np.ndarray) and index.dtype.kind == "b" and Tape.active is not None:
+        raise JitError("indexing with a boolean mask inside a jit step: the result's shape "
+                       "depends on the mask's values, which a replay cannot follow")
     if isinstance(index, np.ndarray) and index.dtype.kind == "f":
         index = run(_integer_index, index)
     return index

@@ -1,0 +1,178 @@
+"""Two agreeing tapes (``tape.py``) -> one Python function of straight-line numpy calls.
+
+Every instruction becomes one line ``r7 = F3(r5, X2.data, axis=(0,))``: registers ``r`` for
+results, ``d`` for the arrays of the step's arguments, ``X...data`` for a tensor made before the
+call (read live), ``E``/``O``/``C`` for fixed arrays, objects and values. A register is deleted
+right after its last use, so intermediates are freed as early as the eager pass frees them.
+
+The function first checks its guards, the assumptions the code was compiled under, and returns
+``STALE`` (doing nothing) if one fails, so the caller captures again: every live tensor still
+has the dtype and shape it had, and every variable the step function reads from its closure or
+its module still names the same object (a new optimizer or model bound to the same name).
+"""
+import types
+
+from .tape import JitError
+from .tensor import Tensor
+
+STALE = object()  # what a replay returns when a guard failed: nothing was run
+
+
+def compile_replay(first, second, first_out, out_spec, arg_kinds, fn):
+    """The replay function for tapes ``first`` and ``second`` (which agree; ``second`` is the
+    latest) and their output specs. ``arg_kinds``: per argument, "tensor", "array" or "value".
+    ``fn``: the step function, whose closure and globals are guarded. Returns the function,
+    with ``.source`` (its text) and ``.objects`` (what it reads: for checking a trial replay).
+    """
+    ns = {"W": Tensor._wrap, "STALE": STALE}
+    names = {}
+    objects = {}
+
+    def bind(prefix, obj):
+        key = (prefix, id(obj))
+        if key not in names:
+            names[key] = f"{prefix}{len(names)}"
+            ns[names[key]] = obj
+        return names[key]
+
+    # A tensor that is the same object in both captures was there before both: read it live.
+    # Its array may also reach an op through a new wrapper each call (x * p.data): live too.
+    persistent = {}
+    for a, b in zip(_specs(first), _specs(second)):
+        if b[0] == "x" and a[1] == b[1]:
+            persistent[id(b[2].obj)] = b[1].obj
+
+    def expr(a, b):
+        kind = b[0]
+        if kind == "r":
+            return f"r{b[1]}"
+        if kind == "in":
+            return f"d{b[1]}"
+        if kind == "arg":
+            return f"a{b[1]}"
+        if kind == "x":
+            owner = b[1].obj if a[1] == b[1] else persistent.get(id(b[2].obj))
+            if owner is None:
+                _refuse_fixed_array(b[2].obj)
+            objects[id(owner)] = owner
+            return f"{bind('X', owner)}.data"
+        if kind == "e":
+            _refuse_fixed_array(b[1].obj)
+        if kind == "o":
+            objects[id(b[1].obj)] = b[1].obj
+            return bind("O", b[1].obj)
+        if kind == "c":
+            v = b[2]
+            return repr(v) if v is None or type(v) in (bool, int, str) else bind("C", v)
+        if kind in ("t", "l"):
+            items = "".join(expr(x, y) + ", " for x, y in zip(a[1], b[1]))
+            return f"({items})" if kind == "t" else f"[{items}]"
+        if kind == "tensor":
+            return f"W({expr(a[1], b[1])})"
+        raise AssertionError(f"unknown spec {b!r}")
+
+    body = []
+    last_use = {}
+    for k, (_, spec, kwspec, _) in enumerate(second.instrs):
+        for reg in _registers(spec) + _registers(tuple(s for _, s in kwspec)):
+            last_use[reg] = k
+    kept = set(_registers((out_spec,)))
+    dies_after = {}  # instruction -> registers read for the last time there
+    for reg, k in last_use.items():
+        if reg not in kept:
+            dies_after.setdefault(k, []).append(f"r{reg}")
+    for k, ((_, spec_a, kw_a, _), (f, spec_b, kw_b, reg)) in enumerate(
+            zip(first.instrs, second.instrs)):
+        call_args = [expr(x, y) for x, y in zip(spec_a, spec_b)]
+        call_args += [f"{key}={expr(x, y)}" for (_, x), (key, y) in zip(kw_a, kw_b)]
+        call = f"{bind('F', f)}({', '.join(call_args)})"
+        body.append(f"    r{reg} = {call}" if reg is not None and (reg in last_use or reg in kept)
+                    else f"    {call}")
+        if k in dies_after:
+            body.append(f"    del {', '.join(dies_after[k])}")
+    body.append(f"    return {expr(first_out, out_spec)}")
+
+    guards = []
+    for key, name in list(names.items()):
+        if key[0] == "X":
+            data = ns[name].data
+            guards.append(f"{name}.data.dtype is not {bind('C', data.dtype)} or "
+                          f"{name}.data.shape != {data.shape!r}")
+    for holder, read in _free_variables(fn):
+        guards.append(f"{read(bind('H', holder))} is not {bind('O', _current(holder, read))}")
+    head = [f"    d{i} = a{i}.data" if kind == "tensor" else f"    d{i} = a{i}"
+            for i, kind in enumerate(arg_kinds) if kind in ("tensor", "array")]
+    if guards:
+        head = ["    if (" + "\n            or ".join(guards) + "):", "        return STALE"] + head
+    args = ", ".join(f"a{i}" for i in range(len(arg_kinds)))
+    src = f"def replay({args}):\n" + "\n".join(head + body) + "\n"
+    exec(compile(src, "<jit replay>", "exec"), ns)
+    replay = ns["replay"]
+    replay.source = src
+    replay.objects = list(objects.values())
+    return replay
+
+
+def _refuse_fixed_array(array):
+    raise JitError(
+        f"the step reads an array of shape {array.shape} that is neither an argument nor the "
+        f"data of a tensor made before the call (a numpy array in a global or an attribute, "
+        f"wrapped anew at every call): a replay would keep reading this one even after it is "
+        f"replaced. Pass it as an argument of the step, or wrap it once in a Tensor outside "
+        f"the step (this call's step was applied eagerly)")
+
+
+def _specs(tape):
+    """Every top-level argument spec of every instruction, in order."""
+    for _, spec, kwspec, _ in tape.instrs:
+        yield from spec
+        for _, s in kwspec:
+            yield s
+
+
+def _registers(specs):
+    """The registers a tuple of specs reads."""
+    out = []
+    for s in specs:
+        if type(s) is not tuple or not s:
+            continue
+        if s[0] == "r":
+            out.append(s[1])
+        elif s[0] in ("t", "l"):
+            out += _registers(s[1])
+        elif s[0] == "tensor":
+            out += _registers((s[1],))
+    return out
+
+
+# ---- guards on the variables the step function reads ----
+
+def _free_variables(fn):
+    """(holder, reader) for each closure cell and module global ``fn`` reads, except modules:
+    the reader turns the holder's name in the generated code into an expression for its
+    current value. Rebinding any of them (a new optimizer, model, function or number under the
+    same name) makes the replay stale."""
+    while hasattr(fn, "func") or hasattr(fn, "__func__"):  # functools.partial, bound method
+        fn = getattr(fn, "func", None) or fn.__func__
+    code = getattr(fn, "__code__", None)
+    if code is None:
+        return []
+    out = []
+    for cell in fn.__closure__ or ():
+        try:
+            value = cell.cell_contents
+        except ValueError:  # not bound yet
+            continue
+        if not isinstance(value, types.ModuleType):
+            out.append((cell, lambda name: f"{name}.cell_contents"))
+    module_globals = fn.__globals__
+    for var in code.co_names:
+        if var in module_globals and not isinstance(module_globals[var], types.ModuleType):
+            out.append(((module_globals, var),
+                        lambda name, var=var: f"{name}[0].get({var!r})"))
+    return out
+
+
+def _current(holder, read):
+    """The value the guard expression reads now (at compile time)."""
+    return eval(read("h"), {"h": holder})

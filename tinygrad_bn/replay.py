@@ -147,10 +147,11 @@ class Jit:
     def _trial(self, sig, replay, flat, names):
         """Run the step eagerly, then the replay from the same starting state; trust the replay
         only if both leave the same state behind."""
-        roots = list(replay.objects) + [a for a in flat if isinstance(a, (Tensor, np.ndarray))]
+        roots = {_label(i, obj): obj for i, obj in enumerate(
+            list(replay.objects) + [a for a in flat if isinstance(a, (Tensor, np.ndarray))])}
         before = snapshot(roots)
         out_eager = self._run(flat, names)
-        after_eager = snapshot([roots, out_eager])
+        after_eager = snapshot({"state": roots, "returned": out_eager})
         restore(before)
         try:
             out = replay(*flat)
@@ -163,7 +164,7 @@ class Jit:
             restore(after_eager)
             del self._compiled[sig]
             return out_eager
-        why = difference(after_eager, snapshot([roots, out]), "the state")
+        why = difference(after_eager, snapshot({"state": roots, "returned": out}), "what it left")
         if why is not None:
             restore(after_eager)
             del self._compiled[sig]
@@ -176,6 +177,11 @@ class Jit:
         self._compiled[sig] = (replay, True)
         self.replays += 1
         return out
+
+
+def _label(i, obj):
+    shape = getattr(obj, "shape", None)
+    return f"#{i} {type(obj).__name__}" + ("" if shape is None else f" of shape {shape}")
 
 
 def _check_outputs(out, name):

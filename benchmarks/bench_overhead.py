@@ -76,7 +76,7 @@ def chain_torch(torch, x0, n_ops):
 def candidates(n_ops):
     x0 = np.random.default_rng(0).standard_normal(SHAPE)
     cands = {"tinygrad_bn": lambda: chain_tinygrad(x0, n_ops),
-             "tinygrad_bn jit": jit_chain(x0, n_ops),
+             "tinygrad_bn jit": harness.warmed_jit(jit_chain(x0, n_ops)),
              "numpy": lambda: chain_numpy(x0, n_ops)}
     torch = harness.optional_torch()
     if torch is not None:

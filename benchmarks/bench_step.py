@@ -108,10 +108,11 @@ def train_step_fn(model):
 def tinygrad_step_fn(model, x, targets, compiled=False):
     """tinygrad_bn's step, eager (graph built and walked every step) or ``jit``-replayed."""
     train_step = train_step_fn(model)
-    if compiled:
-        train_step = jit(train_step)
     xt = Tensor(x)
-    return lambda: train_step(xt, targets).item()
+    if not compiled:
+        return lambda: train_step(xt, targets).item()
+    train_step = jit(train_step)
+    return harness.warmed_jit(lambda: train_step(xt, targets).item())
 
 
 def torch_step_fn(torch, tm, x, targets):

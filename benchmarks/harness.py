@@ -148,6 +148,14 @@ def _time_calls(fn, inner):
     return (time.perf_counter() - t0) / inner
 
 
+def warmed_jit(fn, calls=3):
+    """``fn`` after ``calls`` untimed calls: a jit step captures twice and runs its trial (one
+    eager call and one replay) before it replays, and none of that belongs in the timings."""
+    for _ in range(calls):
+        fn()
+    return fn
+
+
 def compare(candidates, rounds=7, inner=1, warmup=1, reference=None, round_seconds=0.05):
     """Time ``candidates`` ({name: zero-argument callable}) interleaved over ``rounds`` rounds.
 

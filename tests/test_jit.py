@@ -509,3 +509,25 @@ def test_other_threads_run_eagerly_while_a_step_is_captured():
     jit(step)(Tensor(x), y)
     thread.join()
     assert seen == [F.cross_entropy(other(Tensor(x)), y).item()]
+
+
+def test_a_jitted_method_does_not_keep_its_instance_alive():
+    import gc
+    import weakref
+
+    class Trainer:
+        def __init__(self):
+            self.model = mlp()
+
+        @jit
+        def predict(self, x):
+            with no_grad():
+                return self.model(x)
+    trainer = Trainer()
+    x, _ = batches(1)[0]
+    for _ in range(4):
+        trainer.predict(Tensor(x))
+    gone = weakref.ref(trainer)
+    del trainer
+    gc.collect()
+    assert gone() is None

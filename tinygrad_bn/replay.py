@@ -33,6 +33,7 @@ What protects a replay from doing something else than the eager step would:
     loss = step(Tensor(x), y)       # x, y: arrays of the same shapes at every call
 """
 import warnings
+import weakref
 
 import numpy as np
 
@@ -64,7 +65,7 @@ class Jit:
         self.fn = fn
         self.__name__ = getattr(fn, "__name__", "step")
         self.__doc__ = getattr(fn, "__doc__", None)
-        self._bound = {}
+        self._bound = weakref.WeakKeyDictionary()  # instance -> its own Jit (on a method)
         self.reset()
 
     def reset(self):
@@ -82,10 +83,21 @@ class Jit:
     def __get__(self, obj, objtype=None):
         if obj is None:
             return self
-        bound = self._bound.get(id(obj))
-        if bound is None or bound[0] is not obj:
-            bound = self._bound[id(obj)] = (obj, Jit(self.fn.__get__(obj, objtype)))
-        return bound[1]
+        try:
+            bound = self._bound.get(obj)
+            if bound is None:
+                # The bound method holds the instance weakly, so the instance can still go.
+                ref = weakref.ref(obj)
+                fn = self.fn
+
+                def method(*args, **kwargs):
+                    return fn(ref(), *args, **kwargs)
+                method.__wrapped__, method.__name__ = fn, self.__name__
+                bound = self._bound[obj] = Jit(method)
+        except TypeError:
+            raise JitError(f"jit on a method needs instances that can be weakly referenced; "
+                           f"{type(obj).__name__} cannot") from None
+        return bound
 
     def __call__(self, *args, **kwargs):
         if Tape.active is not None:  # called inside another jit's capture: part of its tape

@@ -152,8 +152,9 @@ def _free_variables(fn):
     the reader turns the holder's name in the generated code into an expression for its
     current value. Rebinding any of them (a new optimizer, model, function or number under the
     same name) makes the replay stale."""
-    while hasattr(fn, "func") or hasattr(fn, "__func__"):  # functools.partial, bound method
-        fn = getattr(fn, "func", None) or fn.__func__
+    # functools.partial, a bound method, a jit method's wrapper: guard the function inside
+    while hasattr(fn, "func") or hasattr(fn, "__func__") or hasattr(fn, "__wrapped__"):
+        fn = getattr(fn, "func", None) or getattr(fn, "__func__", None) or fn.__wrapped__
     code = getattr(fn, "__code__", None)
     if code is None:
         return []

@@ -75,6 +75,14 @@ def _expand_strides(g, shape):
     return tuple(0 if n == 1 else s for n, s in zip(g.shape, g.strides))
 
 
+def compact(g):
+    """The array a broadcast view ``g`` repeats (its zero-stride axes cut to length 1), or
+    None if ``g`` is not one (or not an ndarray)."""
+    if type(g) is not np.ndarray or 0 not in g.strides:
+        return None
+    return g[tuple(slice(0, 1) if s == 0 else slice(None) for s in g.strides)]
+
+
 def scatter_add(g, index, shape):
     """Zeros of ``shape`` with ``g`` added at ``index``; repeated indices accumulate."""
     if isinstance(g, np.ndarray):
@@ -246,8 +254,13 @@ NEG = Op("neg", lambda x: -x,
 # z = x ** p for a constant p, kept as an attribute so the graph can show it.
 def _pow_scalar_vjp(g, out, x, exponent):
     # p x^(p-1) g, with the common square as 2x g; the fresh 2x takes g in place (one
-    # full-size temporary fewer; on Tensors *= falls back to a recorded product).
+    # full-size temporary fewer; on Tensors *= falls back to a recorded product). When g is a
+    # broadcast view (mean's gradient, in batch norm's variance) its small array is doubled
+    # instead: one full pass, not two, and the same numbers (doubling is exact).
     if exponent == 2:
+        small = compact(g)
+        if small is not None and small.ndim == x.ndim:
+            return x * (small * 2)
         grad = x * 2
         grad *= g
         return grad

@@ -8,16 +8,18 @@ and writes one instruction: the function, and for every argument where its value
 
 * ``in``   the array of the step's i-th argument (a fresh one is bound at every replay);
 * ``r``    the result of an earlier instruction (a register of the replay);
-* ``x``    the array of a tensor that was there before the call (a parameter, a buffer):
-           read as ``tensor.data`` at every replay, so an optimizer's in-place update is seen;
-* ``e``    any other array made before the call (read as it is);
-* ``c``    a Python value (number, string, tuple, dtype, shape-only stand-in), compared by value;
-* ``o``    any other object (a tensor, an optimizer, a dict of state), compared by identity;
+* ``x``    the array of a tensor (an op's input; for ``detach()`` copies, the original): if
+           the same tensor in both captures, a parameter or buffer, read as ``tensor.data`` at
+           every replay, so in-place updates and replaced arrays are seen;
+* ``e``    any other array made before the call (jit refuses to freeze it);
+* ``c``    a Python or numpy value (number, string, tuple, dtype, shape-only stand-in),
+           compared by value;
+* ``o``    any other object (a tensor, an optimizer, a function), compared by identity;
 * ``arg``  the step's i-th argument object itself.
 
-The tape knows nothing of tensors: callers pass arrays, and ``tensor_array`` for the array of a
-tensor, so persistent tensors are read live. Arrays are told apart by ``id``; the tape keeps
-every one it has seen alive until it is done, so no id is reused in between.
+Op forwards come with their input tensors (``forward``), every other call with plain values
+(``call``, or ``run`` where no tape may be active). Arrays are told apart by ``id``; the tape
+keeps every one it has seen alive until it is done, so no id is reused in between.
 
 Two tapes of the same step agree (``same_as``) when they did the same work on the same objects;
 ``jit`` compiles a step only after two consecutive calls agree. Anything made outside the tape

@@ -531,3 +531,19 @@ def test_a_jitted_method_does_not_keep_its_instance_alive():
     del trainer
     gc.collect()
     assert gone() is None
+
+
+def test_a_guard_failing_at_every_call_warns():
+    import types
+    script = types.ModuleType("user_script")  # a script whose global is rebound every call
+    script.model, script.tag = mlp(), object()
+    exec("from tinygrad_bn import no_grad\n"
+         "def predict(x):\n"
+         "    with no_grad():\n"
+         "        return model(x) if tag is not None else None\n", script.__dict__)
+    predict = jit(script.predict)
+    x, _ = batches(1)[0]
+    with pytest.warns(RuntimeWarning, match="captured again 8 times"):
+        for _ in range(40):
+            script.tag = object()
+            predict(Tensor(x))

@@ -45,6 +45,7 @@ from .tensor import Tensor
 
 _ATTEMPTS = 4  # calls captured without two in a row agreeing, before giving up
 _SIGNATURES = 16  # pending captures kept (a number argument that changes every call...)
+_RECAPTURES = 8  # guard failures before warning that the replay keeps going stale
 
 
 def jit(fn):
@@ -73,7 +74,7 @@ class Jit:
         self._compiled = {}  # signature -> (replay function, trusted)
         self._pending = {}  # signature -> (last tape, its output spec, calls captured)
         self._warned = False
-        self.replays = 0
+        self.replays = self.recaptures = 0
 
     @property
     def captured(self):
@@ -114,8 +115,18 @@ class Jit:
             if out is not STALE:
                 self.replays += 1
                 return out
-            del self._compiled[sig]  # a guard failed: capture again
+            self._stale(sig)
         return self._capture(sig, flat, names)
+
+    def _stale(self, sig):
+        """A guard failed: forget the replay, so the next calls capture again."""
+        del self._compiled[sig]
+        self.recaptures += 1
+        if self.recaptures == _RECAPTURES:
+            warnings.warn(f"jit({self.__name__}): captured again {_RECAPTURES} times because a "
+                          f"guard failed (a variable the step names is rebound, or a tensor it "
+                          f"reads changes dtype or shape, between calls): each time costs two "
+                          f"eager calls and a trial", RuntimeWarning, stacklevel=3)
 
     def _run(self, flat, names):
         n = len(flat) - len(names)
@@ -174,7 +185,7 @@ class Jit:
                            f"{e}); this call's step was applied eagerly") from e
         if out is STALE:  # the eager call itself changed what a guard checks
             restore(after_eager)
-            del self._compiled[sig]
+            self._stale(sig)
             return out_eager
         why = difference(after_eager, snapshot({"state": roots, "returned": out}), "what it left")
         if why is not None:

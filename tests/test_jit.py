@@ -547,3 +547,82 @@ def test_a_guard_failing_at_every_call_warns():
         for _ in range(40):
             script.tag = object()
             predict(Tensor(x))
+
+
+def test_a_global_counter_in_the_step_and_adam_state_survive_recaptures_and_the_trial():
+    import types
+    script = types.ModuleType("user_script")
+    exec("import tinygrad_bn.nn.functional as F\n"
+         "steps = 0\n"
+         "def step(x, y):\n"
+         "    global steps\n"
+         "    steps += 1  # the step's own counter: not re-run by replays, and not guarded\n"
+         "    opt.zero_grad()\n"
+         "    loss = F.cross_entropy(model(x), y)\n"
+         "    loss.backward()\n"
+         "    opt.step()\n"
+         "    return loss\n", script.__dict__)
+    script.model = mlp()
+    script.opt = optim.Adam(script.model.parameters(), lr=0.01)
+    eager_model = mlp()
+    eager_opt = optim.Adam(eager_model.parameters(), lr=0.01)
+    eager, step = make_step(eager_model, eager_opt), jit(script.step)
+    for x, y in batches(8):
+        assert step(Tensor(x), y).item() == eager(Tensor(x), y).item()
+        assert_same_state(state_of(script.model, script.opt), state_of(eager_model, eager_opt))
+    assert step.replays == 6
+
+
+def test_trial_compares_optimizer_state_and_leaves_the_eager_state():
+    model = mlp()
+    opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+
+    def step(x, y):
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        opt.state[0]["momentum_buffer"] *= 0.5  # numpy on optimizer state: not on the tape
+        return loss
+    reference_model = mlp()
+    reference_opt = optim.SGD(reference_model.parameters(), lr=0.1, momentum=0.9)
+    reference = make_step(reference_model, reference_opt)
+    jitted = jit(step)
+    for i, (x, y) in enumerate(batches(3)):
+        reference(Tensor(x), y)
+        reference_opt.state[0]["momentum_buffer"] *= 0.5
+        if i < 2:
+            jitted(Tensor(x), y)
+        else:
+            with pytest.raises(JitError, match="optimizer|momentum_buffer|state"):
+                jitted(Tensor(x), y)
+    assert_same_state(state_of(model, opt), state_of(reference_model, reference_opt))
+
+
+def test_freezing_a_layer_after_compile_captures_again():
+    def between(i, model, opt):
+        if i == 4:
+            for p in model[0].parameters():
+                p.requires_grad_(False)
+    run_both(classifier(), inputs(8), between)
+
+
+def test_returning_a_gradient_and_keeping_the_last_graph():
+    def make():
+        model = mlp()
+        opt = optim.SGD(model.parameters(), lr=0.1)
+
+        def step(x, y):
+            opt.zero_grad()
+            loss = F.cross_entropy(model(x), y)
+            loss.backward(retain_graph=True)
+            opt.step()
+            return loss, model[0].weight.grad
+        return step, model, opt
+    (eager, em, eo), (step, jm, jo) = make(), make()
+    step = jit(step)
+    for x, y in batches(5):
+        (a, ga), (b, gb) = eager(Tensor(x), y), step(Tensor(x), y)
+        assert a.item() == b.item() and np.array_equal(ga.data, gb.data)
+        assert_same_state(state_of(jm, jo), state_of(em, eo))
+    assert step.replays == 3

@@ -254,8 +254,10 @@ def backward(root, grad, retain_graph=False, create_graph=False):
 
 def _backward(root, grad, retain_graph, create_graph, wrap):
     tape = Tape.active  # jit is capturing: every array computed below goes on the tape
-    if tape is not None and create_graph:
-        raise JitError("backward(create_graph=True) inside a jit step is not supported")
+    if tape is not None:
+        if create_graph:
+            raise JitError("backward(create_graph=True) inside a jit step is not supported")
+        tape.backward_ran = True
     order = toposort(root)
     grads = {order[-1]: grad}
     # Vertices whose entry in ``grads`` is an array only this pass holds (a fresh result of a

@@ -137,7 +137,8 @@ class Jit:
         Tape.active = tape
         try:
             out = self._run(flat, names)
-            _check_outputs(out, self.__name__)
+            if not tape.backward_ran:
+                _refuse_unused_graphs(out, self.__name__)
             out_spec = tape.output_spec(out)
         finally:
             Tape.active = None
@@ -147,6 +148,8 @@ class Jit:
             why = tape.same_as(prev[0])
             if why is None and prev[1] == out_spec:
                 kinds = [k[0] for k in sig[2:]]
+                if len(self._compiled) >= _SIGNATURES:  # keep the most recent ones
+                    self._compiled.pop(next(iter(self._compiled)))
                 self._compiled[sig] = (compile_replay(prev[0], tape, prev[1], out_spec, kinds,
                                                       self.fn), False)
                 return out
@@ -174,7 +177,7 @@ class Jit:
             list(replay.objects) + [a for a in flat if isinstance(a, (Tensor, np.ndarray))])}
         before = snapshot(roots)
         out_eager = self._run(flat, names)
-        after_eager = snapshot({"state": roots, "returned": out_eager})
+        after_eager, returned_eager = snapshot(roots), snapshot(out_eager)
         restore(before)
         try:
             out = replay(*flat)
@@ -187,7 +190,8 @@ class Jit:
             restore(after_eager)
             self._stale(sig)
             return out_eager
-        why = difference(after_eager, snapshot({"state": roots, "returned": out}), "what it left")
+        why = difference(after_eager, snapshot(roots), "the state") or \
+            difference(returned_eager, snapshot(out), "the returned value")
         if why is not None:
             restore(after_eager)
             del self._compiled[sig]
@@ -207,7 +211,7 @@ def _label(i, obj):
     return f"#{i} {type(obj).__name__}" + ("" if shape is None else f" of shape {shape}")
 
 
-def _check_outputs(out, name):
+def _refuse_unused_graphs(out, name):
     for t in out if isinstance(out, (tuple, list)) else (out,):
         ctx = getattr(t, "_ctx", None)
         if ctx is not None and autograd.is_node(ctx) and not autograd.is_released(ctx):

@@ -10,6 +10,7 @@ The function first checks its guards, the assumptions the code was compiled unde
 has the dtype and shape it had, and every variable the step function reads from its closure or
 its module still names the same object (a new optimizer or model bound to the same name).
 """
+import dis
 import types
 
 from .tape import JitError
@@ -95,9 +96,10 @@ def compile_replay(first, second, first_out, out_spec, arg_kinds, fn):
     guards = []
     for key, name in list(names.items()):
         if key[0] == "X":
-            data = ns[name].data
-            guards.append(f"{name}.data.dtype is not {bind('C', data.dtype)} or "
-                          f"{name}.data.shape != {data.shape!r}")
+            tensor = ns[name]
+            guards.append(f"{name}.data.dtype is not {bind('C', tensor.data.dtype)} or "
+                          f"{name}.data.shape != {tensor.data.shape!r} or "
+                          f"{name}.requires_grad is not {bool(tensor.requires_grad)}")
     for holder, read in _free_variables(fn):
         guards.append(f"{read(bind('H', holder))} is not {bind('O', _current(holder, read))}")
     head = [f"    d{i} = a{i}.data" if kind == "tensor" else f"    d{i} = a{i}"
@@ -167,11 +169,29 @@ def _free_variables(fn):
         if not isinstance(value, types.ModuleType):
             out.append((cell, lambda name: f"{name}.cell_contents"))
     module_globals = fn.__globals__
-    for var in code.co_names:
+    read, written = _globals_of(code)
+    for var in sorted(read - written):  # a global the step assigns is its own counter
         if var in module_globals and not isinstance(module_globals[var], types.ModuleType):
             out.append(((module_globals, var),
                         lambda name, var=var: f"{name}[0].get({var!r})"))
     return out
+
+
+def _globals_of(code):
+    """(names read as globals, names assigned as globals) by ``code`` and the code nested in
+    it (comprehensions, inner functions); attribute names are not globals."""
+    read, written = set(), set()
+    for ins in dis.get_instructions(code):
+        if ins.opname == "LOAD_GLOBAL":
+            read.add(ins.argval)
+        elif ins.opname in ("STORE_GLOBAL", "DELETE_GLOBAL"):
+            written.add(ins.argval)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            r, w = _globals_of(const)
+            read |= r
+            written |= w
+    return read, written
 
 
 def _current(holder, read):

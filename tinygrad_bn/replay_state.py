@@ -13,7 +13,9 @@ import numpy as np
 
 from .tensor import Tensor
 
-_DEPTH = 4  # optimizer -> params list -> parameter -> its gradient tensor
+# Deep enough for roots -> optimizer -> state list -> a parameter's state dict -> its buffers,
+# and optimizer -> params list -> parameter -> its gradient tensor.
+_DEPTH = 8
 
 
 def snapshot(obj, depth=_DEPTH, seen=None):

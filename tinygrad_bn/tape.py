@@ -84,6 +84,7 @@ class Tape:
     def __init__(self, arg_objects, arg_arrays):
         self.instrs = []
         self.n_regs = 0
+        self.backward_ran = False  # set by autograd: a step that backpropagates keeps no graph
         self._thread = threading.get_ident()  # work of other threads is not this step's
         self._args = {id(a): i for i, a in enumerate(arg_objects)}
         self._inputs = {id(a): i for i, a in enumerate(arg_arrays) if a is not None}

@@ -100,8 +100,8 @@ def compile_replay(first, second, first_out, out_spec, arg_kinds, fn):
             guards.append(f"{name}.data.dtype is not {bind('C', tensor.data.dtype)} or "
                           f"{name}.data.shape != {tensor.data.shape!r} or "
                           f"{name}.requires_grad is not {bool(tensor.requires_grad)}")
-    for holder, read in _free_variables(fn):
-        guards.append(f"{read(bind('H', holder))} is not {bind('O', _current(holder, read))}")
+    for holder, read, value in _free_variables(fn):
+        guards.append(f"{read.format(bind('H', holder))} is not {bind('O', value)}")
     head = [f"    d{i} = a{i}.data" if kind == "tensor" else f"    d{i} = a{i}"
             for i, kind in enumerate(arg_kinds) if kind in ("tensor", "array")]
     if guards:
@@ -150,10 +150,10 @@ def _registers(specs):
 # ---- guards on the variables the step function reads ----
 
 def _free_variables(fn):
-    """(holder, reader) for each closure cell and module global ``fn`` reads, except modules:
-    the reader turns the holder's name in the generated code into an expression for its
-    current value. Rebinding any of them (a new optimizer, model, function or number under the
-    same name) makes the replay stale."""
+    """(holder, read, value) for each closure cell and module global ``fn`` reads, except
+    modules: ``read`` formats the holder's name in the generated code into an expression for
+    the variable's current value, which is ``value`` now. Rebinding any of them (a new
+    optimizer, model, function or number under the same name) makes the replay stale."""
     # functools.partial, a bound method, a jit method's wrapper: guard the function inside
     while hasattr(fn, "func") or hasattr(fn, "__func__") or hasattr(fn, "__wrapped__"):
         fn = getattr(fn, "func", None) or getattr(fn, "__func__", None) or fn.__wrapped__
@@ -167,13 +167,13 @@ def _free_variables(fn):
         except ValueError:  # not bound yet
             continue
         if not isinstance(value, types.ModuleType):
-            out.append((cell, lambda name: f"{name}.cell_contents"))
+            out.append((cell, "{}.cell_contents", value))
     module_globals = fn.__globals__
     read, written = _globals_of(code)
     for var in sorted(read - written):  # a global the step assigns is its own counter
-        if var in module_globals and not isinstance(module_globals[var], types.ModuleType):
-            out.append(((module_globals, var),
-                        lambda name, var=var: f"{name}[0].get({var!r})"))
+        value = module_globals.get(var)
+        if var in module_globals and not isinstance(value, types.ModuleType):
+            out.append((module_globals, "{}.get(" + repr(var) + ")", value))
     return out
 
 
@@ -193,7 +193,3 @@ def _globals_of(code):
             written |= w
     return read, written
 
-
-def _current(holder, read):
-    """The value the guard expression reads now (at compile time)."""
-    return eval(read("h"), {"h": holder})

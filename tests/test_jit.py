@@ -626,3 +626,60 @@ def test_returning_a_gradient_and_keeping_the_last_graph():
         assert a.item() == b.item() and np.array_equal(ga.data, gb.data)
         assert_same_state(state_of(jm, jo), state_of(em, eo))
     assert step.replays == 3
+
+
+# ---- a replay writes elementwise results over intermediates that die there ----
+
+def _donations(step):
+    """The lines of the compiled replay that write into one of their own inputs."""
+    import re
+    source = next(iter(step._compiled.values()))[0].source
+    return re.findall(r"(r\d+) = F\d+\((r\d+), \2\b", source)
+
+
+def test_replay_reuses_dying_intermediates_and_stays_bit_for_bit():
+    step = run_both(classifier(), inputs(6))
+    # (x @ W.T) + b into the matmul's result, x - μ into x, x̂γ + β into x̂γ (and more)
+    assert len(_donations(step)) >= 4
+    assert step.replays >= 4
+
+
+def test_relu_and_bias_add_in_place_match_eager():
+    def make():
+        model = mlp("relu", dtype=np.float32, sizes=(12, 16, 16, 4))
+        opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        return make_step(model, opt), model, opt
+    step = run_both(make, inputs(6, dtype=np.float32))
+    assert step.replays >= 4
+
+
+def test_arrays_someone_else_holds_are_never_written_into():
+    # The step's own numpy input (wrapped without a copy), a tensor argument, a parameter, a
+    # returned intermediate and a view of an intermediate: none may be overwritten by a replay.
+    np.random.seed(3)
+    w = nn.Parameter(np.random.randn(5, 5))
+
+    def step(a, x):
+        t = Tensor(a)  # shares a's memory
+        u = t + 1.0    # reads t: t's array must stay intact
+        v = x * 2.0    # x is an argument
+        h = u * v      # h dies at the next line but is also returned through a view
+        view = h.reshape(25)
+        s = (h + w) - 1.0
+        loss = s.sum() + view.sum()
+        loss.backward()
+        return loss, view, u
+    a = np.random.randn(5, 5)
+    x = Tensor(np.random.randn(5, 5), requires_grad=True)
+    a0, x0, w0 = a.copy(), x.data.copy(), w.data.copy()
+    jstep = jit(step)
+    for _ in range(5):
+        w.grad = x.grad = None
+        loss, view, u = jstep(a, x)
+        assert np.array_equal(a, a0) and np.array_equal(x.data, x0) and np.array_equal(w.data, w0)
+        want_u = a0 + 1.0
+        assert np.array_equal(u.data, want_u)
+        assert np.array_equal(view.data, (want_u * (x0 * 2.0)).reshape(25))
+        assert np.array_equal(x.grad.data, 2.0 * (1.0 + 1.0) * want_u)
+    assert jstep.replays >= 3
+    assert _donations(jstep)  # (h + w) - 1 is written into h + w: reuse was on here

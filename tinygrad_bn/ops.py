@@ -10,6 +10,10 @@ Each primitive is one block: ``Op(name, forward, *vjps, reads=...)``.
   The graph keeps only those arrays alive until backward; an input that is not read reaches
   the rule as a stand-in with just ``.shape``. So ``mean((x - mu)**2)`` does not hold on to
   the full-size square, only to what the chain rule needs (PyTorch's saved tensors).
+* ``into`` (optional, for exactly rounded elementwise ops): ``into(out, *arrays, **attrs)``
+  computes the forward into an existing array, bit for bit what ``forward`` returns. A ``jit``
+  replay uses it to write a result over an intermediate that dies there (``(x @ W.T) + b``
+  into the matmul's result), as the hand-written numpy step does with ``z += b``.
 
 A backward rule may return a gradient that is only *broadcastable* to its input's shape: the
 engine reduces broadcast axes once, for every op (``autograd.unbroadcast``). Rules use only
@@ -29,10 +33,10 @@ class Op:
     """A primitive: name, numpy forward, one derivative (vjp) per input, and what they read."""
 
     __slots__ = ("name", "forward", "vjps", "reads", "reads_inputs", "reads_out", "reads_all",
-                 "reads_none")
+                 "reads_none", "into")
 
-    def __init__(self, name, forward, *vjps, reads=None):
-        self.name, self.forward, self.vjps = name, forward, vjps
+    def __init__(self, name, forward, *vjps, reads=None, into=None):
+        self.name, self.forward, self.vjps, self.into = name, forward, vjps, into
         names = ("x", "y")[:len(vjps)]
         if reads is None:  # undeclared: keep everything, always correct
             reads = names + ("out",)
@@ -191,13 +195,13 @@ def _reduced_grad(g, x, axis, keepdims):
 ADD = Op("add", lambda x, y: x + y,
          lambda g, out, x, y: g,
          lambda g, out, x, y: g,
-         reads=())
+         reads=(), into=lambda out, x, y: np.add(x, y, out=out))
 
 # Negating after the reduction: for a broadcast y (batch norm's μ) a vector, not a full array.
 SUB = Op("sub", lambda x, y: x - y,
          lambda g, out, x, y: g,
          lambda g, out, x, y: -sum_to(g, y.shape),
-         reads=())
+         reads=(), into=lambda out, x, y: np.subtract(x, y, out=out))
 
 def _times(g, a, shape):
     # g * a for an operand of ``shape``; if that operand was broadcast (γ) and ``a`` is full
@@ -210,7 +214,7 @@ def _times(g, a, shape):
 MUL = Op("mul", lambda x, y: x * y,
          lambda g, out, x, y: _times(g, y, x.shape),
          lambda g, out, x, y: _times(g, x, y.shape),
-         reads=("x", "y"))
+         reads=("x", "y"), into=lambda out, x, y: np.multiply(x, y, out=out))
 
 def _div_vjp_y(g, out, x, y):
     # d(x/y)/dy = -x/y². Written with x, not with the output x/y: then the graph need not keep
@@ -229,7 +233,7 @@ def _div_vjp_y(g, out, x, y):
 DIV = Op("div", lambda x, y: x / y,
          lambda g, out, x, y: g / y,
          _div_vjp_y,
-         reads=("x", "y"))
+         reads=("x", "y"), into=lambda out, x, y: np.divide(x, y, out=out))
 
 # z = x ** y with a tensor exponent; dz/dy = z log x, taken as 0 where x <= 0.
 POW = Op("pow", lambda x, y: x ** y,
@@ -249,7 +253,7 @@ def log_or_zero(x):
 
 NEG = Op("neg", lambda x: -x,
          lambda g, out, x: -g,
-         reads=())
+         reads=(), into=lambda out, x: np.negative(x, out=out))
 
 # z = x ** p for a constant p, kept as an attribute so the graph can show it.
 def _pow_scalar_vjp(g, out, x, exponent):
@@ -273,7 +277,7 @@ POW_SCALAR = Op("pow_scalar", lambda x, exponent: x ** exponent,
 
 SQRT = Op("sqrt", np.sqrt,
           lambda g, out, x: g / (out * 2),
-          reads=("out",))
+          reads=("out",), into=lambda out, x: np.sqrt(x, out=out))
 
 EXP = Op("exp", np.exp,
          lambda g, out, x: g * out,
@@ -283,10 +287,11 @@ LOG = Op("log", np.log,
          lambda g, out, x: g / x,
          reads=("x",))
 
-# relu'(0) is taken as 0, as PyTorch does.
+# relu'(0) is taken as 0, as PyTorch does. The rule reads the output (out > 0 exactly where
+# x > 0), which the next layer keeps anyway: the input need not stay alive for backward.
 RELU = Op("relu", lambda x: np.maximum(x, 0),
-          lambda g, out, x: g * (x > 0),
-          reads=("x",))
+          lambda g, out, x: g * (out > 0),
+          reads=("out",), into=lambda out, x: np.maximum(x, 0, out=out))
 
 
 def _sigmoid(x):

@@ -5,6 +5,13 @@ results, ``d`` for the arrays of the step's arguments, ``X...data`` for a tensor
 call (read live), ``E``/``O``/``C`` for fixed arrays, objects and values. A register is deleted
 right after its last use, so intermediates are freed as early as the eager pass frees them.
 
+An elementwise op whose input dies at it writes its result over that input (``Op.into``):
+``r8 = F9(r7, r7, X4.data)`` is ``r7 + b`` computed in r7's memory, as hand-written numpy
+does ``z += b``. The eager pass cannot (the graph may still need its arrays); the replay knows
+every later use. Only arrays that no one else can hold are reused: made by an op that returns a
+new array and read only by such ops (never by a view, a derivative rule, an optimizer, or the
+caller). The bits are the same: a ufunc computes the same values into any array.
+
 The function first checks its guards, the assumptions the code was compiled under, and returns
 ``STALE`` (doing nothing) if one fails, so the caller captures again: every live tensor still
 has the dtype and shape it had, and every variable the step function reads from its closure or
@@ -13,10 +20,16 @@ its module still names the same object (a new optimizer or model bound to the sa
 import dis
 import types
 
+from .ops import MATMUL, MAX, MEAN, PRIMITIVES, SUM
 from .tape import JitError
 from .tensor import Tensor
 
 STALE = object()  # what a replay returns when a guard failed: nothing was run
+
+# Op forwards that can write into an existing array, and (by id) the forwards that always
+# return a new array: never their input, a view of it, or an array kept anywhere else.
+_INTO = {op.forward: op.into for op in PRIMITIVES if op.into is not None}
+_FRESH = {id(f) for f in _INTO} | {id(op.forward) for op in (MATMUL, SUM, MEAN, MAX)}
 
 
 def compile_replay(first, second, first_out, out_spec, arg_kinds, fn):
@@ -82,10 +95,14 @@ def compile_replay(first, second, first_out, out_spec, arg_kinds, fn):
     for reg, k in last_use.items():
         if reg not in kept:
             dies_after.setdefault(k, []).append(f"r{reg}")
+    donated = _donations(first, second, last_use, kept)
     for k, ((_, spec_a, kw_a, _), (f, spec_b, kw_b, reg)) in enumerate(
             zip(first.instrs, second.instrs)):
         call_args = [expr(x, y) for x, y in zip(spec_a, spec_b)]
         call_args += [f"{key}={expr(x, y)}" for (_, x), (key, y) in zip(kw_a, kw_b)]
+        if k in donated:
+            call_args.insert(0, f"r{donated[k]}")
+            f = _INTO[f]
         call = f"{bind('F', f)}({', '.join(call_args)})"
         body.append(f"    r{reg} = {call}" if reg is not None and (reg in last_use or reg in kept)
                     else f"    {call}")
@@ -130,6 +147,44 @@ def _specs(tape):
         yield from spec
         for _, s in kwspec:
             yield s
+
+
+def _donations(first, second, last_use, kept):
+    """{instruction: the register its result is written into} (see the module docstring)."""
+    producer, readers, nested = {}, {}, set()
+    for k, (f, spec, kwspec, reg) in enumerate(second.instrs):
+        if reg is not None:
+            producer[reg] = f
+        for s in spec:
+            if type(s) is tuple and s and s[0] == "r":
+                readers.setdefault(s[1], []).append(f)
+            else:
+                nested.update(_registers((s,)))
+        nested.update(_registers(tuple(s for _, s in kwspec)))
+    out = {}
+    for k, (f, spec, kwspec, reg) in enumerate(second.instrs):
+        if reg is None or not _hashable(f) or f not in _INTO:
+            continue
+        shape, dtype, _ = second.reg_meta[reg]
+        for s in spec:
+            if type(s) is not tuple or not s or s[0] != "r":
+                continue
+            r = s[1]
+            if (last_use.get(r) == k and r not in kept and r not in nested
+                    and second.reg_meta[r] == first.reg_meta[r] == (shape, dtype, True)
+                    and id(producer.get(r)) in _FRESH
+                    and all(id(g) in _FRESH for g in readers[r])):
+                out[k] = r
+                break
+    return out
+
+
+def _hashable(f):
+    try:
+        hash(f)
+    except TypeError:
+        return False
+    return True
 
 
 def _registers(specs):

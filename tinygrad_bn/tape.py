@@ -84,6 +84,9 @@ class Tape:
     def __init__(self, arg_objects, arg_arrays):
         self.instrs = []
         self.n_regs = 0
+        # per register: (shape, dtype, fresh), fresh meaning an array no other name held when
+        # it was made (not a view, not an argument's or an earlier result's array)
+        self.reg_meta = []
         self.backward_ran = False  # set by autograd: a step that backpropagates keeps no graph
         self._thread = threading.get_ident()  # work of other threads is not this step's
         self._args = {id(a): i for i, a in enumerate(arg_objects)}
@@ -118,6 +121,11 @@ class Tape:
             Tape.active = self
         reg = None
         if isinstance(result, (np.ndarray, np.generic)):
+            key = id(result)
+            fresh = (type(result) is np.ndarray and result.base is None and key not in self._regs
+                     and key not in self._inputs and key not in self._args
+                     and key not in self._owners)
+            self.reg_meta.append((result.shape, result.dtype, fresh))
             reg = self.n_regs
             self.n_regs += 1
             self._regs[id(result)] = reg

@@ -14,6 +14,9 @@ Each primitive is one block: ``Op(name, forward, *vjps, reads=...)``.
   computes the forward into an existing array, bit for bit what ``forward`` returns. A ``jit``
   replay uses it to write a result over an intermediate that dies there (``(x @ W.T) + b``
   into the matmul's result), as the hand-written numpy step does with ``z += b``.
+* ``vjps_into`` (optional): per derivative, None or the same rule writing its result into
+  ``g`` (same arguments; called only when the result has ``g``'s shape and dtype), bit for bit.
+  The replay uses it when ``g`` dies at the rule, as hand-written numpy does ``dz *= gamma``.
 
 A backward rule may return a gradient that is only *broadcastable* to its input's shape: the
 engine reduces broadcast axes once, for every op (``autograd.unbroadcast``). Rules use only
@@ -33,10 +36,14 @@ class Op:
     """A primitive: name, numpy forward, one derivative (vjp) per input, and what they read."""
 
     __slots__ = ("name", "forward", "vjps", "reads", "reads_inputs", "reads_out", "reads_all",
-                 "reads_none", "into")
+                 "reads_none", "into", "vjps_into")
 
-    def __init__(self, name, forward, *vjps, reads=None, into=None):
+    def __init__(self, name, forward, *vjps, reads=None, into=None, vjps_into=None):
         self.name, self.forward, self.vjps, self.into = name, forward, vjps, into
+        self.vjps_into = vjps_into or (None,) * len(vjps)
+        if len(self.vjps_into) != len(vjps):
+            raise ValueError(f"Op {name}: {len(self.vjps_into)} vjps_into for {len(vjps)} "
+                             f"derivatives")
         names = ("x", "y")[:len(vjps)]
         if reads is None:  # undeclared: keep everything, always correct
             reads = names + ("out",)
@@ -214,7 +221,9 @@ def _times(g, a, shape):
 MUL = Op("mul", lambda x, y: x * y,
          lambda g, out, x, y: _times(g, y, x.shape),
          lambda g, out, x, y: _times(g, x, y.shape),
-         reads=("x", "y"), into=lambda out, x, y: np.multiply(x, y, out=out))
+         reads=("x", "y"), into=lambda out, x, y: np.multiply(x, y, out=out),
+         vjps_into=(lambda g, out, x, y: np.multiply(g, y, out=g),
+                    lambda g, out, x, y: np.multiply(g, x, out=g)))
 
 def _div_vjp_y(g, out, x, y):
     # d(x/y)/dy = -x/y². Written with x, not with the output x/y: then the graph need not keep
@@ -233,7 +242,8 @@ def _div_vjp_y(g, out, x, y):
 DIV = Op("div", lambda x, y: x / y,
          lambda g, out, x, y: g / y,
          _div_vjp_y,
-         reads=("x", "y"), into=lambda out, x, y: np.divide(x, y, out=out))
+         reads=("x", "y"), into=lambda out, x, y: np.divide(x, y, out=out),
+         vjps_into=(lambda g, out, x, y: np.divide(g, y, out=g), None))
 
 # z = x ** y with a tensor exponent; dz/dy = z log x, taken as 0 where x <= 0.
 POW = Op("pow", lambda x, y: x ** y,
@@ -253,7 +263,8 @@ def log_or_zero(x):
 
 NEG = Op("neg", lambda x: -x,
          lambda g, out, x: -g,
-         reads=(), into=lambda out, x: np.negative(x, out=out))
+         reads=(), into=lambda out, x: np.negative(x, out=out),
+         vjps_into=(lambda g, out, x: np.negative(g, out=g),))
 
 # z = x ** p for a constant p, kept as an attribute so the graph can show it.
 def _pow_scalar_vjp(g, out, x, exponent):
@@ -281,7 +292,7 @@ SQRT = Op("sqrt", np.sqrt,
 
 EXP = Op("exp", np.exp,
          lambda g, out, x: g * out,
-         reads=("out",))
+         reads=("out",), vjps_into=(lambda g, out, x: np.multiply(g, out, out=g),))
 
 LOG = Op("log", np.log,
          lambda g, out, x: g / x,
@@ -291,7 +302,8 @@ LOG = Op("log", np.log,
 # x > 0), which the next layer keeps anyway: the input need not stay alive for backward.
 RELU = Op("relu", lambda x: np.maximum(x, 0),
           lambda g, out, x: g * (out > 0),
-          reads=("out",), into=lambda out, x: np.maximum(x, 0, out=out))
+          reads=("out",), into=lambda out, x: np.maximum(x, 0, out=out),
+          vjps_into=(lambda g, out, x: np.multiply(g, out > 0, out=g),))
 
 
 def _sigmoid(x):

@@ -7,10 +7,13 @@ right after its last use, so intermediates are freed as early as the eager pass 
 
 An elementwise op whose input dies at it writes its result over that input (``Op.into``):
 ``r8 = F9(r7, r7, X4.data)`` is ``r7 + b`` computed in r7's memory, as hand-written numpy
-does ``z += b``. The eager pass cannot (the graph may still need its arrays); the replay knows
-every later use. Only arrays that no one else can hold are reused: made by an op that returns a
-new array and read only by such ops (never by a view, a derivative rule, an optimizer, or the
-caller). The bits are the same: a ufunc computes the same values into any array.
+does ``z += b``; a derivative rule whose incoming gradient dies there writes into the gradient
+(``Op.vjps_into``: ``g * γ`` as ``dz *= gamma``). The eager pass cannot (the graph may still
+need its arrays); the replay knows every later use. Only arrays no one else can hold are
+reused: a new array (not a view, not an argument's) made by an op or a rule, read only by ops
+and rules (never by an optimizer, a ``.grad``, a tensor or the caller), of which no later result
+is a view. The bits are the same: a ufunc computes the same values into any array. A rule that
+returns its gradient unchanged (``add``'s) costs no call at all: ``r9 = r8``.
 
 The function first checks its guards, the assumptions the code was compiled under, and returns
 ``STALE`` (doing nothing) if one fails, so the caller captures again: every live tensor still
@@ -18,18 +21,38 @@ has the dtype and shape it had, and every variable the step function reads from 
 its module still names the same object (a new optimizer or model bound to the same name).
 """
 import dis
+import operator
 import types
 
-from .ops import MATMUL, MAX, MEAN, PRIMITIVES, SUM
+import numpy as np
+
+from .autograd import _astype, unbroadcast
+from .ops import PRIMITIVES
 from .tape import JitError
 from .tensor import Tensor
 
 STALE = object()  # what a replay returns when a guard failed: nothing was run
 
-# Op forwards that can write into an existing array, and (by id) the forwards that always
-# return a new array: never their input, a view of it, or an array kept anywhere else.
+
+
+def _gradient_sum_in_place(out, x, y):  # autograd's prev + pg
+    return np.add(x, y, out=out)
+
+
+# What can write into an array that dies: op forwards and the gradient sum (the array is any
+# input) and derivative rules (the array is the incoming gradient, the rule's first argument).
 _INTO = {op.forward: op.into for op in PRIMITIVES if op.into is not None}
-_FRESH = {id(f) for f in _INTO} | {id(op.forward) for op in (MATMUL, SUM, MEAN, MAX)}
+_INTO[operator.add] = _gradient_sum_in_place
+_INTO_G = {vjp: into for op in PRIMITIVES for vjp, into in zip(op.vjps, op.vjps_into)
+           if into is not None}
+# (by id) functions that keep no reference to their arguments once they return: ops' forwards
+# and derivatives and the engine's gradient arithmetic. Not: storing a .grad, an optimizer
+# update, a running-statistics update, making a Tensor.
+# The first kind never change their arguments either: one that returns an argument returned it
+# unchanged, so the replay can skip the call.
+_OPS = ({id(op.forward) for op in PRIMITIVES} | {id(v) for op in PRIMITIVES for v in op.vjps}
+        | {id(unbroadcast), id(_astype)})
+_PURE = _OPS | {id(operator.add), id(operator.iadd)}
 
 
 def compile_replay(first, second, first_out, out_spec, arg_kinds, fn):
@@ -101,9 +124,18 @@ def compile_replay(first, second, first_out, out_spec, arg_kinds, fn):
         call_args = [expr(x, y) for x, y in zip(spec_a, spec_b)]
         call_args += [f"{key}={expr(x, y)}" for (_, x), (key, y) in zip(kw_a, kw_b)]
         if k in donated:
-            call_args.insert(0, f"r{donated[k]}")
-            f = _INTO[f]
-        call = f"{bind('F', f)}({', '.join(call_args)})"
+            into = _INTO.get(f)
+            if into is not None:  # a forward: the array to write into comes first
+                call_args.insert(0, f"r{donated[k]}")
+                f = into
+            else:  # a rule: it writes into its first argument, the gradient
+                f = _INTO_G[f]
+        same = second.same.get(reg)
+        if (same is not None and first.same.get(reg) == same and id(f) in _OPS
+                and same in _registers(spec_b)):
+            call = f"r{same}"  # the rule handed its argument back: no call needed
+        else:
+            call = f"{bind('F', f)}({', '.join(call_args)})"
         body.append(f"    r{reg} = {call}" if reg is not None and (reg in last_use or reg in kept)
                     else f"    {call}")
         if k in dies_after:
@@ -150,32 +182,50 @@ def _specs(tape):
 
 
 def _donations(first, second, last_use, kept):
-    """{instruction: the register its result is written into} (see the module docstring)."""
-    producer, readers, nested = {}, {}, set()
+    """{instruction: the register its result is written into} (see the module docstring).
+
+    Registers that are the same array (a rule handed its gradient back) are one value here:
+    it dies at the last use of any of them, and every instruction reading any of them counts.
+    """
+    if first.same != second.same:
+        return {}
+    root = {}
+    for reg in range(second.n_regs):
+        root[reg] = root[second.same[reg]] if reg in second.same else reg
+    producer, readers, last, blocked = {}, {}, {}, set()
     for k, (f, spec, kwspec, reg) in enumerate(second.instrs):
-        if reg is not None:
+        if reg is not None and reg not in second.same:
             producer[reg] = f
         for s in spec:
             if type(s) is tuple and s and s[0] == "r":
-                readers.setdefault(s[1], []).append(f)
+                readers.setdefault(root[s[1]], []).append(f)
             else:
-                nested.update(_registers((s,)))
-        nested.update(_registers(tuple(s for _, s in kwspec)))
+                blocked.update(root[r] for r in _registers((s,)))
+        blocked.update(root[r] for r in _registers(tuple(s for _, s in kwspec)))
+    for reg, k in last_use.items():
+        last[root[reg]] = max(k, last.get(root[reg], k))
+    blocked.update(root[r] for r in kept)
+    blocked.update(root[r] for r in second.viewed | first.viewed)
+
+    def reusable(r, k, shape, dtype):
+        r = root[r]
+        return (last[r] == k and r not in blocked
+                and second.reg_meta[r] == first.reg_meta[r] == (shape, dtype, True)
+                and id(producer.get(r)) in _PURE and all(id(g) in _PURE for g in readers[r]))
+
     out = {}
     for k, (f, spec, kwspec, reg) in enumerate(second.instrs):
-        if reg is None or not _hashable(f) or f not in _INTO:
+        if reg is None or not _hashable(f):
             continue
         shape, dtype, _ = second.reg_meta[reg]
-        for s in spec:
-            if type(s) is not tuple or not s or s[0] != "r":
-                continue
-            r = s[1]
-            if (last_use.get(r) == k and r not in kept and r not in nested
-                    and second.reg_meta[r] == first.reg_meta[r] == (shape, dtype, True)
-                    and id(producer.get(r)) in _FRESH
-                    and all(id(g) in _FRESH for g in readers[r])):
-                out[k] = r
-                break
+        if f in _INTO:
+            for s in spec:
+                if type(s) is tuple and s and s[0] == "r" and reusable(s[1], k, shape, dtype):
+                    out[k] = s[1]
+                    break
+        elif f in _INTO_G and spec and type(spec[0]) is tuple and spec[0][:1] == ("r",):
+            if spec.count(spec[0]) == 1 and reusable(spec[0][1], k, shape, dtype):
+                out[k] = spec[0][1]
     return out
 
 

@@ -87,6 +87,8 @@ class Tape:
         # per register: (shape, dtype, fresh), fresh meaning an array no other name held when
         # it was made (not a view, not an argument's or an earlier result's array)
         self.reg_meta = []
+        self.viewed = set()  # registers of which a later result is a view
+        self.same = {}  # register -> the earlier register whose very array it is
         self.backward_ran = False  # set by autograd: a step that backpropagates keeps no graph
         self._thread = threading.get_ident()  # work of other threads is not this step's
         self._args = {id(a): i for i, a in enumerate(arg_objects)}
@@ -127,6 +129,13 @@ class Tape:
                      and key not in self._owners)
             self.reg_meta.append((result.shape, result.dtype, fresh))
             reg = self.n_regs
+            if key in self._regs:
+                self.same[reg] = self._regs[key]
+            base = getattr(result, "base", None)
+            while type(base) is np.ndarray:
+                if id(base) in self._regs:
+                    self.viewed.add(self._regs[id(base)])
+                base = base.base
             self.n_regs += 1
             self._regs[id(result)] = reg
             self._alive.append(result)
@@ -259,8 +268,12 @@ def describe(fn):
     if not _OP_PARTS:
         for op in PRIMITIVES:
             _OP_PARTS[op.forward] = f"{op.name} forward"
-            for i, vjp in enumerate(op.vjps):
+            if op.into is not None:
+                _OP_PARTS[op.into] = f"{op.name} forward, in place"
+            for i, (vjp, into) in enumerate(zip(op.vjps, op.vjps_into)):
                 _OP_PARTS.setdefault(vjp, f"{op.name} derivative for input {i}")
+                if into is not None:
+                    _OP_PARTS[into] = f"{op.name} derivative for input {i}, in place"
     name = _OP_PARTS.get(fn)
     return name or getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
 

@@ -282,11 +282,66 @@ def test_rules_read_only_what_their_op_declares(name, sample, rng):
         op = node.op
         g = rng.standard_normal(node.shape)
         full = [a.data for a in node.args]
-        masked = [a if r else _ShapeOnly(a.shape) for a, r in zip(full, op.reads_inputs)]
         out = node.out if op.reads_out else None
-        for vjp in op.vjps:
+        for vjp, reads in zip(op.vjps, op.vjp_reads):  # each rule: only its own reads
+            masked = [a if r else _ShapeOnly(a.shape) for a, r in zip(full, reads)]
             np.testing.assert_array_equal(np.asarray(vjp(g, out, *masked, **node.attrs)),
                                           np.asarray(vjp(g, node.out, *full, **node.attrs)))
+
+
+IN_PLACE = [op.name for op in ops.PRIMITIVES if op.into or any(op.vjps_into)]
+
+
+@pytest.mark.parametrize("name", IN_PLACE)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_in_place_forms_give_the_same_bits(name, dtype, rng):
+    # Op.into writes the forward into any input of the result's shape and dtype; Op.vjps_into
+    # writes a rule's result into g or into an input the rule reads: both must equal the
+    # allocating form bit for bit (the jit replay relies on it).
+    checked = sum(_check_in_place(s, dtype, rng) for s in SAMPLES[name])
+    assert checked, f"no sample of {name} has an array an in-place form could write into"
+
+
+def _check_in_place(sample, dtype, rng):
+    from tinygrad_bn.autograd import is_node, keep_values, toposort
+    xs = [Tensor(a, requires_grad=True) for a in make_inputs(sample, rng, dtype)]
+    with keep_values():
+        y = sample.fn(*xs)
+    checked = 0
+    for node in (v for v in toposort(y) if is_node(v)):
+        op, attrs = node.op, node.attrs
+        full = [a.data for a in node.args]
+        want = op.forward(*full, **attrs)
+        for i, a in enumerate(full):
+            if op.into is not None and _fits(a, want):
+                args = [b.copy() for b in full]
+                got = op.into(args[i], *args, **attrs)
+                assert got is args[i] and _same_bits(got, want), (sample.label, op.name, i)
+                checked += 1
+        g = rng.standard_normal(node.shape).astype(node.out.dtype)
+        for vjp, into, reads in zip(op.vjps, op.vjps_into, op.vjp_reads):
+            if into is None:
+                continue
+            want = vjp(g, node.out, *full, **attrs)
+            for j in [-1] + [j for j, r in enumerate(reads) if r]:  # -1: into g
+                dst_of = g if j < 0 else full[j]
+                if not _fits(dst_of, want):
+                    continue
+                gg, args = g.copy(), [b.copy() for b in full]
+                dst = gg if j < 0 else args[j]
+                got = into(dst, gg, node.out, *args, **attrs)
+                assert got is dst and _same_bits(got, want), (sample.label, op.name, j)
+                checked += 1
+    return checked
+
+
+def _fits(a, result):
+    return type(a) is np.ndarray and a.shape == np.shape(result) and a.dtype == result.dtype
+
+
+def _same_bits(a, b):
+    a, b = np.asarray(a), np.asarray(b)
+    return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -301,3 +356,16 @@ def test_square_rule_on_a_broadcast_gradient_is_exact(dtype, rng):
     want = ops.POW_SCALAR.vjps[0](np.ascontiguousarray(view), None, x, exponent=2)
     assert got.dtype == dtype and np.array_equal(got, want)
     np.testing.assert_array_equal(want, 2 * x * small)
+    dst = x.copy()  # the jit replay's form, writing over x (which dies there)
+    into = ops.POW_SCALAR.vjps_into[0](dst, view, None, dst, exponent=2)
+    assert into is dst and into.tobytes() == want.tobytes()
+
+
+def test_op_declarations_are_checked():
+    fwd, rule = (lambda x, y: x), (lambda g, out, x, y: g)
+    with pytest.raises(ValueError, match="vjp_reads"):
+        ops.Op("bad", fwd, rule, rule, reads=("x",), vjp_reads=(("y",), ()))
+    with pytest.raises(ValueError, match="vjps_into"):
+        ops.Op("bad", fwd, rule, rule, reads=(), vjps_into=(None,))
+    op = ops.Op("ok", fwd, rule, rule, reads=("x", "y"), vjp_reads=(("y",), ("x", "y")))
+    assert op.vjp_reads == ((False, True), (True, True))

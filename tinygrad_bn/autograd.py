@@ -305,14 +305,16 @@ def _backward(root, grad, retain_graph, create_graph, wrap):
         # Last input first: it is usually the broadcast one (γ, β, μ, √(σ²+ε), a bias), whose
         # full-size temporary is summed down and freed before the first input's full-size
         # gradient is allocated, one array less at the peak.
-        for a, vjp in zip(reversed(args), reversed(op.vjps)):
+        for i in range(len(args) - 1, -1, -1):
+            a = args[i]
             p = a if type(a) is Node else (a._ctx or a)  # _parent(a), inlined
             if not p.requires_grad:
                 continue
             if tape is None:
-                pg = vjp(g, out, *arrays, **attrs)
-            else:
-                pg = tape.call(vjp, (g, out, *_shape_only(arrays)), attrs)
+                pg = op.vjps[i](g, out, *arrays, **attrs)
+            else:  # only what this rule reads, so a replay can free the rest before it runs
+                pg = tape.call(op.vjps[i], (g, out, *_shape_only(arrays, op.vjp_reads[i])),
+                               attrs)
             if type(p) is Node:
                 pshape, pdtype = p.shape, p.dtype
             else:
@@ -341,9 +343,10 @@ def _backward(root, grad, retain_graph, create_graph, wrap):
             v.args = v.out = None
 
 
-def _shape_only(arrays):
-    # What a tape records for the inputs a rule does not read: their shape, not the node.
-    return [a if type(a) is np.ndarray else ShapeOnly(a.shape, a.dtype) for a in arrays]
+def _shape_only(arrays, reads):
+    # What a tape records for the inputs a rule does not read: their shape, not the array.
+    return [a if type(a) is np.ndarray and r else ShapeOnly(a.shape, a.dtype)
+            for a, r in zip(arrays, reads)]
 
 
 def _astype(a, dtype):

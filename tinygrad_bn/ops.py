@@ -14,9 +14,12 @@ Each primitive is one block: ``Op(name, forward, *vjps, reads=...)``.
   computes the forward into an existing array, bit for bit what ``forward`` returns. A ``jit``
   replay uses it to write a result over an intermediate that dies there (``(x @ W.T) + b``
   into the matmul's result), as the hand-written numpy step does with ``z += b``.
-* ``vjps_into`` (optional): per derivative, None or the same rule writing its result into
-  ``g`` (same arguments; called only when the result has ``g``'s shape and dtype), bit for bit.
-  The replay uses it when ``g`` dies at the rule, as hand-written numpy does ``dz *= gamma``.
+* ``vjp_reads`` (optional): per derivative, the inputs that one reads (default: all of
+  ``reads``). ``x * y``'s derivative for x reads only y: a replay lets x go before it runs.
+* ``vjps_into`` (optional): per derivative, None or ``into(dst, g, out, *inputs, **attrs)``,
+  the same rule writing its result into ``dst``, bit for bit. ``dst`` is ``g`` or an input the
+  rule reads, of the result's shape and dtype, that nothing needs afterwards: a replay uses it
+  when such an array dies at the rule, as hand-written numpy does ``dz *= gamma``.
 
 A backward rule may return a gradient that is only *broadcastable* to its input's shape: the
 engine reduces broadcast axes once, for every op (``autograd.unbroadcast``). Rules use only
@@ -36,9 +39,10 @@ class Op:
     """A primitive: name, numpy forward, one derivative (vjp) per input, and what they read."""
 
     __slots__ = ("name", "forward", "vjps", "reads", "reads_inputs", "reads_out", "reads_all",
-                 "reads_none", "into", "vjps_into")
+                 "reads_none", "into", "vjps_into", "vjp_reads")
 
-    def __init__(self, name, forward, *vjps, reads=None, into=None, vjps_into=None):
+    def __init__(self, name, forward, *vjps, reads=None, into=None, vjps_into=None,
+                 vjp_reads=None):
         self.name, self.forward, self.vjps, self.into = name, forward, vjps, into
         self.vjps_into = vjps_into or (None,) * len(vjps)
         if len(self.vjps_into) != len(vjps):
@@ -53,6 +57,13 @@ class Op:
                              f"read {names + ('out',)}")
         self.reads = tuple(reads)
         self.reads_inputs = tuple(n in reads for n in names)
+        if vjp_reads is None:
+            vjp_reads = (reads,) * len(vjps)
+        if len(vjp_reads) != len(vjps) or any(set(r) - set(reads) for r in vjp_reads):
+            raise ValueError(f"Op {name}: vjp_reads {vjp_reads} must give, per derivative, a "
+                             f"part of reads {self.reads}")
+        # per derivative, per input: does that derivative read it
+        self.vjp_reads = tuple(tuple(n in r for n in names) for r in vjp_reads)
         self.reads_out = "out" in reads
         self.reads_all, self.reads_none = all(self.reads_inputs), not any(self.reads_inputs)
 
@@ -221,9 +232,10 @@ def _times(g, a, shape):
 MUL = Op("mul", lambda x, y: x * y,
          lambda g, out, x, y: _times(g, y, x.shape),
          lambda g, out, x, y: _times(g, x, y.shape),
-         reads=("x", "y"), into=lambda out, x, y: np.multiply(x, y, out=out),
-         vjps_into=(lambda g, out, x, y: np.multiply(g, y, out=g),
-                    lambda g, out, x, y: np.multiply(g, x, out=g)))
+         reads=("x", "y"), vjp_reads=(("y",), ("x",)),
+         into=lambda out, x, y: np.multiply(x, y, out=out),
+         vjps_into=(lambda dst, g, out, x, y: np.multiply(g, y, out=dst),
+                    lambda dst, g, out, x, y: np.multiply(g, x, out=dst)))
 
 def _div_vjp_y(g, out, x, y):
     # d(x/y)/dy = -x/y². Written with x, not with the output x/y: then the graph need not keep
@@ -242,8 +254,9 @@ def _div_vjp_y(g, out, x, y):
 DIV = Op("div", lambda x, y: x / y,
          lambda g, out, x, y: g / y,
          _div_vjp_y,
-         reads=("x", "y"), into=lambda out, x, y: np.divide(x, y, out=out),
-         vjps_into=(lambda g, out, x, y: np.divide(g, y, out=g), None))
+         reads=("x", "y"), vjp_reads=(("y",), ("x", "y")),
+         into=lambda out, x, y: np.divide(x, y, out=out),
+         vjps_into=(lambda dst, g, out, x, y: np.divide(g, y, out=dst), None))
 
 # z = x ** y with a tensor exponent; dz/dy = z log x, taken as 0 where x <= 0.
 POW = Op("pow", lambda x, y: x ** y,
@@ -264,7 +277,7 @@ def log_or_zero(x):
 NEG = Op("neg", lambda x: -x,
          lambda g, out, x: -g,
          reads=(), into=lambda out, x: np.negative(x, out=out),
-         vjps_into=(lambda g, out, x: np.negative(g, out=g),))
+         vjps_into=(lambda dst, g, out, x: np.negative(g, out=dst),))
 
 # z = x ** p for a constant p, kept as an attribute so the graph can show it.
 def _pow_scalar_vjp(g, out, x, exponent):
@@ -282,9 +295,19 @@ def _pow_scalar_vjp(g, out, x, exponent):
     return g * exponent * x ** (exponent - 1)
 
 
+def _pow_scalar_vjp_into(dst, g, out, x, exponent):
+    # The same products as _pow_scalar_vjp, each operand computed before dst (g or x) is written.
+    if exponent == 2:
+        small = compact(g)
+        if small is not None and small.ndim == x.ndim:
+            return np.multiply(x, small * 2, out=dst)
+        return np.multiply(x * 2, g, out=dst)
+    return np.multiply(g * exponent, x ** (exponent - 1), out=dst)
+
+
 POW_SCALAR = Op("pow_scalar", lambda x, exponent: x ** exponent,
                 _pow_scalar_vjp,
-                reads=("x",))
+                reads=("x",), vjps_into=(_pow_scalar_vjp_into,))
 
 SQRT = Op("sqrt", np.sqrt,
           lambda g, out, x: g / (out * 2),
@@ -292,7 +315,7 @@ SQRT = Op("sqrt", np.sqrt,
 
 EXP = Op("exp", np.exp,
          lambda g, out, x: g * out,
-         reads=("out",), vjps_into=(lambda g, out, x: np.multiply(g, out, out=g),))
+         reads=("out",), vjps_into=(lambda dst, g, out, x: np.multiply(g, out, out=dst),))
 
 LOG = Op("log", np.log,
          lambda g, out, x: g / x,
@@ -303,7 +326,7 @@ LOG = Op("log", np.log,
 RELU = Op("relu", lambda x: np.maximum(x, 0),
           lambda g, out, x: g * (out > 0),
           reads=("out",), into=lambda out, x: np.maximum(x, 0, out=out),
-          vjps_into=(lambda g, out, x: np.multiply(g, out > 0, out=g),))
+          vjps_into=(lambda dst, g, out, x: np.multiply(g, out > 0, out=dst),))
 
 
 def _sigmoid(x):

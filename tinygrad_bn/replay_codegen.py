@@ -7,7 +7,7 @@ right after its last use, so intermediates are freed as early as the eager pass 
 
 An elementwise op whose input dies at it writes its result over that input (``Op.into``):
 ``r8 = F9(r7, r7, X4.data)`` is ``r7 + b`` computed in r7's memory, as hand-written numpy
-does ``z += b``; a derivative rule whose incoming gradient dies there writes into the gradient
+does ``z += b``; a derivative rule writes into its incoming gradient or an input it reads
 (``Op.vjps_into``: ``g * γ`` as ``dz *= gamma``). The eager pass cannot (the graph may still
 need its arrays); the replay knows every later use. Only arrays no one else can hold are
 reused: a new array (not a view, not an argument's) made by an op or a rule, read only by ops
@@ -39,8 +39,8 @@ def _gradient_sum_in_place(out, x, y):  # autograd's prev + pg
     return np.add(x, y, out=out)
 
 
-# What can write into an array that dies: op forwards and the gradient sum (the array is any
-# input) and derivative rules (the array is the incoming gradient, the rule's first argument).
+# What can write into an array that dies: op forwards and the gradient sum (into any input)
+# and derivative rules (into the incoming gradient or an input they read; see Op.vjps_into).
 _INTO = {op.forward: op.into for op in PRIMITIVES if op.into is not None}
 _INTO[operator.add] = _gradient_sum_in_place
 _INTO_G = {vjp: into for op in PRIMITIVES for vjp, into in zip(op.vjps, op.vjps_into)
@@ -123,13 +123,9 @@ def compile_replay(first, second, first_out, out_spec, arg_kinds, fn):
             zip(first.instrs, second.instrs)):
         call_args = [expr(x, y) for x, y in zip(spec_a, spec_b)]
         call_args += [f"{key}={expr(x, y)}" for (_, x), (key, y) in zip(kw_a, kw_b)]
-        if k in donated:
-            into = _INTO.get(f)
-            if into is not None:  # a forward: the array to write into comes first
-                call_args.insert(0, f"r{donated[k]}")
-                f = into
-            else:  # a rule: it writes into its first argument, the gradient
-                f = _INTO_G[f]
+        if k in donated:  # the array to write into comes first
+            call_args.insert(0, f"r{donated[k]}")
+            f = _INTO[f] if f in _INTO else _INTO_G[f]
         same = second.same.get(reg)
         if (same is not None and first.same.get(reg) == same and id(f) in _OPS
                 and same in _registers(spec_b)):
@@ -219,13 +215,15 @@ def _donations(first, second, last_use, kept):
             continue
         shape, dtype, _ = second.reg_meta[reg]
         if f in _INTO:
-            for s in spec:
-                if type(s) is tuple and s and s[0] == "r" and reusable(s[1], k, shape, dtype):
-                    out[k] = s[1]
-                    break
-        elif f in _INTO_G and spec and type(spec[0]) is tuple and spec[0][:1] == ("r",):
-            if spec.count(spec[0]) == 1 and reusable(spec[0][1], k, shape, dtype):
-                out[k] = spec[0][1]
+            candidates = spec
+        elif f in _INTO_G:  # a rule (g, out, *inputs): g or an input it reads, never out
+            candidates = spec[:1] + spec[2:]
+        else:
+            continue
+        for s in candidates:
+            if type(s) is tuple and s and s[0] == "r" and reusable(s[1], k, shape, dtype):
+                out[k] = s[1]
+                break
     return out
 
 

@@ -10,10 +10,10 @@ Each primitive is one block: ``Op(name, forward, *vjps, reads=...)``.
   The graph keeps only those arrays alive until backward; an input that is not read reaches
   the rule as a stand-in with just ``.shape``. So ``mean((x - mu)**2)`` does not hold on to
   the full-size square, only to what the chain rule needs (PyTorch's saved tensors).
-* ``into`` (optional, for exactly rounded elementwise ops): ``into(out, *arrays, **attrs)``
-  computes the forward into an existing array, bit for bit what ``forward`` returns. A ``jit``
-  replay uses it to write a result over an intermediate that dies there (``(x @ W.T) + b``
-  into the matmul's result), as the hand-written numpy step does with ``z += b``.
+* ``into`` (optional): ``into(out, *arrays, **attrs)`` computes the forward into an existing
+  array, bit for bit what ``forward`` returns; a numpy ufunc forward (``np.add``) has it
+  implied (``out=``). A ``jit`` replay uses it to write a result over an intermediate that dies
+  there (``(x @ W.T) + b`` into the matmul's result), as hand-written numpy does ``z += b``.
 * ``vjp_reads`` (optional): per derivative, the inputs that one reads (default: all of
   ``reads``). ``x * y``'s derivative for x reads only y: a replay lets x go before it runs.
 * ``vjps_into`` (optional): per derivative, None or ``into(dst, g, out, *inputs, **attrs)``,
@@ -43,6 +43,8 @@ class Op:
 
     def __init__(self, name, forward, *vjps, reads=None, into=None, vjps_into=None,
                  vjp_reads=None):
+        if into is None and is_elementwise_ufunc(forward):
+            into = _ufunc_into(forward)
         self.name, self.forward, self.vjps, self.into = name, forward, vjps, into
         self.vjps_into = vjps_into or (None,) * len(vjps)
         if len(self.vjps_into) != len(vjps):
@@ -69,6 +71,18 @@ class Op:
 
     def __repr__(self):
         return f"Op({self.name})"
+
+
+def is_elementwise_ufunc(f):
+    """A numpy ufunc without a core signature (np.add, not np.matmul): it computes the same
+    values into any array given as ``out``."""
+    return type(f) is np.ufunc and f.signature is None
+
+
+def _ufunc_into(ufunc):
+    def into(out, *arrays):
+        return ufunc(*arrays, out=out)
+    return into
 
 
 # ---- helpers shared by the rules (duck-typed: ndarray, or any object with the same method) ----
@@ -210,16 +224,16 @@ def _reduced_grad(g, x, axis, keepdims):
 
 # ---- elementwise binary: z = f(x, y) with numpy broadcasting ----
 
-ADD = Op("add", lambda x, y: x + y,
+ADD = Op("add", np.add,
          lambda g, out, x, y: g,
          lambda g, out, x, y: g,
-         reads=(), into=lambda out, x, y: np.add(x, y, out=out))
+         reads=())
 
 # Negating after the reduction: for a broadcast y (batch norm's μ) a vector, not a full array.
-SUB = Op("sub", lambda x, y: x - y,
+SUB = Op("sub", np.subtract,
          lambda g, out, x, y: g,
          lambda g, out, x, y: -sum_to(g, y.shape),
-         reads=(), into=lambda out, x, y: np.subtract(x, y, out=out))
+         reads=())
 
 def _times(g, a, shape):
     # g * a for an operand of ``shape``; if that operand was broadcast (γ) and ``a`` is full
@@ -229,11 +243,10 @@ def _times(g, a, shape):
     return g * a
 
 
-MUL = Op("mul", lambda x, y: x * y,
+MUL = Op("mul", np.multiply,
          lambda g, out, x, y: _times(g, y, x.shape),
          lambda g, out, x, y: _times(g, x, y.shape),
          reads=("x", "y"), vjp_reads=(("y",), ("x",)),
-         into=lambda out, x, y: np.multiply(x, y, out=out),
          vjps_into=(lambda dst, g, out, x, y: np.multiply(g, y, out=dst),
                     lambda dst, g, out, x, y: np.multiply(g, x, out=dst)))
 
@@ -251,11 +264,10 @@ def _div_vjp_y(g, out, x, y):
     return grad
 
 
-DIV = Op("div", lambda x, y: x / y,
+DIV = Op("div", np.true_divide,
          lambda g, out, x, y: g / y,
          _div_vjp_y,
          reads=("x", "y"), vjp_reads=(("y",), ("x", "y")),
-         into=lambda out, x, y: np.divide(x, y, out=out),
          vjps_into=(lambda dst, g, out, x, y: np.divide(g, y, out=dst), None))
 
 # z = x ** y with a tensor exponent; dz/dy = z log x, taken as 0 where x <= 0.
@@ -274,9 +286,9 @@ def log_or_zero(x):
 
 # ---- elementwise unary ----
 
-NEG = Op("neg", lambda x: -x,
+NEG = Op("neg", np.negative,
          lambda g, out, x: -g,
-         reads=(), into=lambda out, x: np.negative(x, out=out),
+         reads=(),
          vjps_into=(lambda dst, g, out, x: np.negative(g, out=dst),))
 
 # z = x ** p for a constant p, kept as an attribute so the graph can show it.
@@ -311,7 +323,7 @@ POW_SCALAR = Op("pow_scalar", lambda x, exponent: x ** exponent,
 
 SQRT = Op("sqrt", np.sqrt,
           lambda g, out, x: g / (out * 2),
-          reads=("out",), into=lambda out, x: np.sqrt(x, out=out))
+          reads=("out",))
 
 EXP = Op("exp", np.exp,
          lambda g, out, x: g * out,
@@ -332,10 +344,20 @@ RELU = Op("relu", lambda x: np.maximum(x, 0),
 def _sigmoid(x):
     # 1 / (1 + exp(-x)) keeps full precision in both tails; exp overflows to inf for x << 0,
     # which gives the right limit 0, so that warning is silenced.
+    if type(x) is np.ndarray and x.dtype.kind == "f":
+        return _sigmoid_of_negated(np.negative(x))
     with np.errstate(over="ignore"):
         e = np.exp(-x)
     if type(e) is not np.ndarray:  # numpy returns a scalar for 0-d input
         return 1 / (1 + e)
+    e += 1
+    return np.reciprocal(e, out=e)
+
+
+def _sigmoid_of_negated(e):
+    # 1 / (1 + exp(e)) for e = -x, computed in e's memory
+    with np.errstate(over="ignore"):
+        np.exp(e, out=e)
     e += 1
     return np.reciprocal(e, out=e)
 
@@ -350,7 +372,7 @@ def _sigmoid_vjp(g, out, x):
 
 SIGMOID = Op("sigmoid", _sigmoid,
              _sigmoid_vjp,
-             reads=("out",))
+             reads=("out",), into=lambda out, x: _sigmoid_of_negated(np.negative(x, out=out)))
 
 
 def _tanh_vjp(g, out, x):
@@ -375,7 +397,7 @@ def _matmul_vjp_y(g, out, x, y):
     return swap_last(x) @ g
 
 
-MATMUL = Op("matmul", lambda x, y: x @ y,
+MATMUL = Op("matmul", np.matmul,
             lambda g, out, x, y: g @ swap_last(y),
             _matmul_vjp_y,
             reads=("x", "y"))

@@ -27,7 +27,7 @@ import types
 import numpy as np
 
 from .autograd import _astype, unbroadcast
-from .ops import PRIMITIVES
+from .ops import PRIMITIVES, is_elementwise_ufunc
 from .tape import JitError
 from .tensor import Tensor
 
@@ -123,7 +123,9 @@ def compile_replay(first, second, first_out, out_spec, arg_kinds, fn):
             zip(first.instrs, second.instrs)):
         call_args = [expr(x, y) for x, y in zip(spec_a, spec_b)]
         call_args += [f"{key}={expr(x, y)}" for (_, x), (key, y) in zip(kw_a, kw_b)]
-        if k in donated:  # the array to write into comes first
+        if k in donated and is_elementwise_ufunc(f):  # np.add(x, b, out=x)
+            call_args.append(f"out=r{donated[k]}")
+        elif k in donated:  # an in-place form: the array to write into comes first
             call_args.insert(0, f"r{donated[k]}")
             f = _INTO[f] if f in _INTO else _INTO_G[f]
         same = second.same.get(reg)

@@ -724,3 +724,40 @@ def test_in_place_reuse_around_views_shared_gradients_and_broadcasts():
     step = run_both(make, data)
     assert step.replays >= 3
     assert len(_donations(step, "derivative for input 0, in place")) >= 3
+
+
+def test_results_written_in_place_keep_the_memory_layout_numpy_gives_them():
+    # (C-ordered q) + (Fortran-ordered b) is C-ordered in numpy; writing it into b would make it
+    # Fortran-ordered, and a sum that follows adds in another order (other bits). Found by a
+    # review. A layout that changes after capture (an argument, or a parameter replaced by a
+    # Fortran-ordered array) makes the replay capture again.
+    def make():
+        rng = np.random.default_rng(0)
+        p = nn.Parameter(rng.standard_normal((40, 30)))
+        q = nn.Parameter(rng.standard_normal((40, 30)))
+
+        def step(x):
+            from_x = q + Tensor(x) * 2.0  # x * 2 has x's layout and dies here
+            from_p = q + p * 0.5          # p * 0.5 has p's layout and dies here
+            loss = from_x.sum(axis=0).sum() + from_p.sum(axis=0).sum()
+            loss.backward()
+            return loss, from_x, from_p
+        return step, (p, q)
+
+    (eager, pe), (step, pj) = make(), make()
+    step = jit(step)
+    rng = np.random.default_rng(1)
+    for i in range(12):
+        x = rng.standard_normal((40, 30))
+        if 4 <= i < 8:  # the same shape in Fortran order
+            x = np.asfortranarray(x)
+        if i == 8:  # p (not q) replaced by a Fortran-ordered array
+            pe[0].data, pj[0].data = np.asfortranarray(pe[0].data), np.asfortranarray(pj[0].data)
+        for t in pe + pj:
+            t.grad = None
+        for want, got in zip(eager(x), step(x)):
+            assert want.data.strides == got.data.strides, f"call {i}"
+            assert want.data.tobytes() == got.data.tobytes(), f"call {i}"
+        for a, b in zip(pe, pj):
+            assert np.array_equal(a.grad.data, b.grad.data) and np.array_equal(a.data, b.data)
+    assert step.replays >= 6

@@ -227,16 +227,17 @@ def _array_of(a):
 
 
 def _signature(flat, names):
-    """What a compiled replay assumes of its arguments: kinds, shapes, dtypes, which ones are
-    the same object, numbers' values; and the grad mode and keyword names."""
+    """What a compiled replay assumes of its arguments: kinds, shapes, dtypes, memory layouts
+    (strides: a replay writes into arrays of the layout numpy gave them at capture), which ones
+    are the same object, numbers' values; and the grad mode and keyword names."""
     sig = [autograd.is_grad_enabled(), names]
     first = {}
     for i, a in enumerate(flat):
         if isinstance(a, Tensor):
-            sig.append(("tensor", a.data.shape, a.data.dtype, a.requires_grad,
+            sig.append(("tensor", a.data.shape, a.data.dtype, a.data.strides, a.requires_grad,
                         first.setdefault(id(a), i), first.setdefault(id(a.data), i)))
         elif isinstance(a, np.ndarray):
-            sig.append(("array", a.shape, a.dtype, first.setdefault(id(a), i)))
+            sig.append(("array", a.shape, a.dtype, a.strides, first.setdefault(id(a), i)))
         elif a is None or isinstance(a, (bool, int, float, str, np.generic)):
             sig.append(("value", type(a), a))
         else:

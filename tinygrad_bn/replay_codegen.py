@@ -12,13 +12,16 @@ does ``z += b``; a derivative rule writes into its incoming gradient or an input
 need its arrays); the replay knows every later use. Only arrays no one else can hold are
 reused: a new array (not a view, not an argument's) made by an op or a rule, read only by ops
 and rules (never by an optimizer, a ``.grad``, a tensor or the caller), of which no later result
-is a view. The bits are the same: a ufunc computes the same values into any array. A rule that
-returns its gradient unchanged (``add``'s) costs no call at all: ``r9 = r8``.
+is a view, and whose memory layout is the one numpy gave the result at capture (the guards
+keep every input's layout as captured, so layouts stay what they were). The bits are the same:
+a ufunc computes the same values into any array of that layout. A rule that returns its
+gradient unchanged (``add``'s) costs no call at all: ``r9 = r8``.
 
 The function first checks its guards, the assumptions the code was compiled under, and returns
 ``STALE`` (doing nothing) if one fails, so the caller captures again: every live tensor still
-has the dtype and shape it had, and every variable the step function reads from its closure or
-its module still names the same object (a new optimizer or model bound to the same name).
+has the dtype, shape and strides it had, and every variable the step function reads from its
+closure or its module still names the same object (a new optimizer or model bound to the same
+name).
 """
 import dis
 import operator
@@ -146,6 +149,7 @@ def compile_replay(first, second, first_out, out_spec, arg_kinds, fn):
             tensor = ns[name]
             guards.append(f"{name}.data.dtype is not {bind('C', tensor.data.dtype)} or "
                           f"{name}.data.shape != {tensor.data.shape!r} or "
+                          f"{name}.data.strides != {tensor.data.strides!r} or "
                           f"{name}.requires_grad is not {bool(tensor.requires_grad)}")
     for holder, read, value in _free_variables(fn):
         guards.append(f"{read.format(bind('H', holder))} is not {bind('O', value)}")
@@ -205,17 +209,19 @@ def _donations(first, second, last_use, kept):
     blocked.update(root[r] for r in kept)
     blocked.update(root[r] for r in second.viewed | first.viewed)
 
-    def reusable(r, k, shape, dtype):
+    def reusable(r, k, layout):
+        # layout: the result's (shape, dtype, strides) as numpy made it. Strides too: writing
+        # into a Fortran-ordered array would hand later reductions another summation order.
         r = root[r]
         return (last[r] == k and r not in blocked
-                and second.reg_meta[r] == first.reg_meta[r] == (shape, dtype, True)
+                and second.reg_meta[r] == first.reg_meta[r] == layout + (True,)
                 and id(producer.get(r)) in _PURE and all(id(g) in _PURE for g in readers[r]))
 
     out = {}
     for k, (f, spec, kwspec, reg) in enumerate(second.instrs):
         if reg is None or not _hashable(f):
             continue
-        shape, dtype, _ = second.reg_meta[reg]
+        layout = second.reg_meta[reg][:3]
         if f in _INTO:
             candidates = spec
         elif f in _INTO_G:  # a rule (g, out, *inputs): g or an input it reads, never out
@@ -223,7 +229,7 @@ def _donations(first, second, last_use, kept):
         else:
             continue
         for s in candidates:
-            if type(s) is tuple and s and s[0] == "r" and reusable(s[1], k, shape, dtype):
+            if type(s) is tuple and s and s[0] == "r" and reusable(s[1], k, layout):
                 out[k] = s[1]
                 break
     return out

@@ -84,8 +84,8 @@ class Tape:
     def __init__(self, arg_objects, arg_arrays):
         self.instrs = []
         self.n_regs = 0
-        # per register: (shape, dtype, fresh), fresh meaning an array no other name held when
-        # it was made (not a view, not an argument's or an earlier result's array)
+        # per register: (shape, dtype, strides, fresh), fresh meaning an array no other name
+        # held when it was made (not a view, not an argument's or an earlier result's array)
         self.reg_meta = []
         self.viewed = set()  # registers of which a later result is a view
         self.same = {}  # register -> the earlier register whose very array it is
@@ -127,7 +127,7 @@ class Tape:
             fresh = (type(result) is np.ndarray and result.base is None and key not in self._regs
                      and key not in self._inputs and key not in self._args
                      and key not in self._owners)
-            self.reg_meta.append((result.shape, result.dtype, fresh))
+            self.reg_meta.append((result.shape, result.dtype, result.strides, fresh))
             reg = self.n_regs
             if key in self._regs:
                 self.same[reg] = self._regs[key]

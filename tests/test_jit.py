@@ -761,3 +761,33 @@ def test_results_written_in_place_keep_the_memory_layout_numpy_gives_them():
         for a, b in zip(pe, pj):
             assert np.array_equal(a.grad.data, b.grad.data) and np.array_equal(a.data, b.data)
     assert step.replays >= 6
+
+
+def test_no_in_place_writes_downstream_of_a_gradient_whose_layout_is_decided_at_call_time():
+    # p.grad is g itself (here a transposed, Fortran-ordered array) when p had no gradient, and
+    # t.grad + g (C-ordered) when it had one: the replay learns which only at the call. Captured
+    # while accumulating, replayed after a zero_grad() done outside the step: an op computed
+    # from p.grad must not write into an array of the captured layout. Found by a review.
+    def make():
+        p = nn.Parameter(np.random.default_rng(0).standard_normal((40, 40)))
+
+        def step(x):
+            loss = (p.T * x).sum()
+            loss.backward()
+            squared = p.grad * p.grad
+            ratio = (squared / (p * p + 1.0)).sum(axis=0).sum()
+            return loss, ratio
+        return step, p
+
+    (eager, pe), (step, pj) = make(), make()
+    step = jit(step)
+    pe.grad, pj.grad = Tensor(np.zeros((40, 40))), Tensor(np.zeros((40, 40)))
+    rng = np.random.default_rng(1)
+    for i in range(9):
+        if i % 4 == 3:
+            pe.grad = pj.grad = None
+        x = rng.standard_normal((40, 40))
+        for want, got in zip(eager(Tensor(x)), step(Tensor(x))):
+            assert want.data.tobytes() == got.data.tobytes(), f"call {i}"
+        assert np.array_equal(pe.grad.data, pj.grad.data)
+    assert step.replays >= 4

@@ -369,3 +369,22 @@ def test_op_declarations_are_checked():
         ops.Op("bad", fwd, rule, rule, reads=(), vjps_into=(None,))
     op = ops.Op("ok", fwd, rule, rule, reads=("x", "y"), vjp_reads=(("y",), ("x", "y")))
     assert op.vjp_reads == ((False, True), (True, True))
+
+
+@pytest.mark.parametrize("name", ["sigmoid", "relu", "tanh", "exp", "log", "sqrt", "mean",
+                                  "sum", "max", "__neg__"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_zero_dimensional_tensors_forward_and_backward(name, dtype):
+    # numpy hands back scalars, not 0-d arrays, from 0-d operations: the forward and the rules
+    # must still work (found by a review: sigmoid and mean().backward() raised on 0-d tensors)
+    t = Tensor(np.array(0.7, dtype), requires_grad=True)
+    y = getattr(t, name)()
+    (y * 3.0).backward()
+    assert y.shape == () and y.dtype == dtype and t.grad.shape == () and t.grad.dtype == dtype
+
+    def f(v):
+        return float(getattr(Tensor(np.array(v)), name)().data)
+    h = 1e-6
+    np.testing.assert_allclose(float(t.grad.data), 3.0 * (f(0.7 + h) - f(0.7 - h)) / (2 * h),
+                               rtol=1e-4)
+    np.testing.assert_allclose(float(y.data), f(0.7), rtol=1e-6)

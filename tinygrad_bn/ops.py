@@ -90,6 +90,8 @@ def _ufunc_into(ufunc):
 def expand(g, shape):
     """Broadcast ``g`` to ``shape`` without copying (a read-only view for arrays)."""
     if type(g) is not np.ndarray:
+        if isinstance(g, np.generic):  # the gradient of a 0-d tensor's reduction, as a scalar
+            return np.broadcast_to(g, shape)
         return g.expand(shape)
     if g.flags.c_contiguous:
         # np.broadcast_to costs ~2 µs of Python; a zero-stride view of the same buffer is direct.
@@ -344,7 +346,7 @@ RELU = Op("relu", lambda x: np.maximum(x, 0),
 def _sigmoid(x):
     # 1 / (1 + exp(-x)) keeps full precision in both tails; exp overflows to inf for x << 0,
     # which gives the right limit 0, so that warning is silenced.
-    if type(x) is np.ndarray and x.dtype.kind == "f":
+    if type(x) is np.ndarray and x.ndim and x.dtype.kind == "f":  # (0-d gives a scalar)
         return _sigmoid_of_negated(np.negative(x))
     with np.errstate(over="ignore"):
         e = np.exp(-x)

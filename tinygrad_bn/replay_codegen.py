@@ -29,7 +29,7 @@ import types
 
 import numpy as np
 
-from .autograd import _astype, unbroadcast
+from .autograd import _add_grad, _astype, unbroadcast
 from .ops import PRIMITIVES, is_elementwise_ufunc
 from .tape import JitError
 from .tensor import Tensor
@@ -56,6 +56,9 @@ _INTO_G = {vjp: into for op in PRIMITIVES for vjp, into in zip(op.vjps, op.vjps_
 _OPS = ({id(op.forward) for op in PRIMITIVES} | {id(v) for op in PRIMITIVES for v in op.vjps}
         | {id(unbroadcast), id(_astype)})
 _PURE = _OPS | {id(operator.add), id(operator.iadd)}
+# Functions whose result's memory layout is decided by state no guard sees: _add_grad keeps
+# g itself (any layout) or makes t.grad + g (C order), by whether t has a gradient at the call.
+_LAYOUT_AT_CALL_TIME = {id(_add_grad)}
 
 
 def compile_replay(first, second, first_out, out_spec, arg_kinds, fn):
@@ -204,6 +207,13 @@ def _donations(first, second, last_use, kept):
             else:
                 blocked.update(root[r] for r in _registers((s,)))
         blocked.update(root[r] for r in _registers(tuple(s for _, s in kwspec)))
+    # Registers whose layout may differ from the capture's: anything computed from a result
+    # of _LAYOUT_AT_CALL_TIME. An op writing into an array must see the capture's layouts.
+    unstable = set()
+    for f, spec, kwspec, reg in second.instrs:
+        if reg is not None and (id(f) in _LAYOUT_AT_CALL_TIME or any(
+                root[r] in unstable for r in _registers(spec + tuple(s for _, s in kwspec)))):
+            unstable.add(root[reg])
     for reg, k in last_use.items():
         last[root[reg]] = max(k, last.get(root[reg], k))
     blocked.update(root[r] for r in kept)
@@ -222,6 +232,8 @@ def _donations(first, second, last_use, kept):
         if reg is None or not _hashable(f):
             continue
         layout = second.reg_meta[reg][:3]
+        if root[reg] in unstable:  # then some operand's layout may differ from the capture's
+            continue
         if f in _INTO:
             candidates = spec
         elif f in _INTO_G:  # a rule (g, out, *inputs): g or an input it reads, never out

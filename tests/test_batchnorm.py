@@ -97,6 +97,9 @@ def test_running_statistics_follow_the_formula():
     np.testing.assert_allclose(bn.running_mean.data, mean, rtol=1e-12)
     np.testing.assert_allclose(bn.running_var.data, var, rtol=1e-12)
     assert bn.num_batches_tracked.data == 5
+    # a 0-d array, as it started (numpy's 0-d + 1 is a scalar): also in the state dict
+    assert type(bn.num_batches_tracked.data) is np.ndarray
+    assert type(bn.state_dict()["num_batches_tracked"]) is np.ndarray
     assert not bn.running_mean.requires_grad and bn.running_mean._ctx is None
 
 

@@ -791,3 +791,66 @@ def test_no_in_place_writes_downstream_of_a_gradient_whose_layout_is_decided_at_
             assert want.data.tobytes() == got.data.tobytes(), f"call {i}"
         assert np.array_equal(pe.grad.data, pj.grad.data)
     assert step.replays >= 4
+
+
+def test_a_tensor_copied_inside_the_step_after_its_layout_changed():
+    # Tensor(ref.weight) copies the array in its current layout, and ref is an object the
+    # replay compares by identity, not a guarded tensor: nothing computed from the copy may be
+    # written into in place (found by a review: a Fortran-ordered load_state_dict changed bits).
+    def make():
+        rng = np.random.default_rng(0)
+        w = nn.Parameter(rng.standard_normal(40))
+        ref = nn.Linear(40, 40)
+        ref.weight.data = rng.standard_normal((40, 40))
+        opt = optim.SGD([w], lr=1e-5)
+
+        def step(x):
+            opt.zero_grad()
+            u = Tensor(ref.weight) * 1.0 + x
+            loss = ((u.sum(axis=1) * w) ** 2).sum()
+            loss.backward()
+            opt.step()
+            return loss
+        return step, w, ref
+
+    (eager, we, re_), (step, wj, rj) = make(), make()
+    step = jit(step)
+    rng = np.random.default_rng(1)
+    for i in range(8):
+        if i == 5:
+            state = {k: np.asfortranarray(v) for k, v in re_.state_dict().items()}
+            re_.load_state_dict(state)
+            rj.load_state_dict(state)
+        x = rng.standard_normal((40, 40))
+        want, got = eager(Tensor(x)), step(Tensor(x))
+        assert want.data.tobytes() == got.data.tobytes(), f"call {i}"
+        assert we.data.tobytes() == wj.data.tobytes(), f"call {i}"
+    assert step.replays >= 5
+
+
+def test_an_argument_that_was_a_parameters_array_at_capture():
+    # Captured while the step got target = p.detach() (the same array as p), then called with
+    # another target: reads of p must still be reads of p (found by a review: the replay read
+    # the argument wherever the step read p).
+    def make():
+        p = nn.Parameter(np.random.default_rng(0).standard_normal((3, 4)))
+        opt = optim.SGD([p], lr=0.1)
+
+        def step(x, target):
+            opt.zero_grad()
+            loss = ((x @ p.T - target @ p.T) ** 2).mean()
+            loss.backward()
+            opt.step()
+            return loss
+        return step, p
+
+    (eager, pe), (step, pj) = make(), make()
+    step = jit(step)
+    rng = np.random.default_rng(1)
+    for i in range(6):
+        x = rng.standard_normal((3, 4))
+        te, tj = (pe.detach(), pj.detach()) if i < 3 else (Tensor(np.ones((3, 4))),) * 2
+        want, got = eager(Tensor(x), te), step(Tensor(x), tj)
+        assert want.data.tobytes() == got.data.tobytes(), f"call {i}"
+        assert pe.data.tobytes() == pj.data.tobytes(), f"call {i}"
+    assert step.replays >= 3

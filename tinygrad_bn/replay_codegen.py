@@ -58,6 +58,8 @@ _OPS = ({id(op.forward) for op in PRIMITIVES} | {id(v) for op in PRIMITIVES for 
 _PURE = _OPS | {id(operator.add), id(operator.iadd)}
 # Functions whose result's memory layout is decided by state no guard sees: _add_grad keeps
 # g itself (any layout) or makes t.grad + g (C order), by whether t has a gradient at the call.
+# So is any call given an object (``o``): what is inside it (Tensor(p) copies p's array in
+# its layout) is compared by identity, not guarded.
 _LAYOUT_AT_CALL_TIME = {id(_add_grad)}
 
 
@@ -211,8 +213,9 @@ def _donations(first, second, last_use, kept):
     # of _LAYOUT_AT_CALL_TIME. An op writing into an array must see the capture's layouts.
     unstable = set()
     for f, spec, kwspec, reg in second.instrs:
-        if reg is not None and (id(f) in _LAYOUT_AT_CALL_TIME or any(
-                root[r] in unstable for r in _registers(spec + tuple(s for _, s in kwspec)))):
+        specs = spec + tuple(s for _, s in kwspec)
+        if reg is not None and (id(f) in _LAYOUT_AT_CALL_TIME or _has_object(specs) or any(
+                root[r] in unstable for r in _registers(specs))):
             unstable.add(root[reg])
     for reg, k in last_use.items():
         last[root[reg]] = max(k, last.get(root[reg], k))
@@ -245,6 +248,15 @@ def _donations(first, second, last_use, kept):
                 out[k] = s[1]
                 break
     return out
+
+
+def _has_object(specs):
+    """Whether any of ``specs`` (nested in tuples and lists too) is an object (``o``)."""
+    for s in specs:
+        if type(s) is tuple and s and (s[0] == "o" or s[0] in ("t", "l") and _has_object(s[1])
+                                       or s[0] == "tensor" and _has_object((s[1],))):
+            return True
+    return False
 
 
 def _hashable(f):

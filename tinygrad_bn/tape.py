@@ -150,8 +150,13 @@ class Tape:
             if key in self._regs:
                 return ("r", self._regs[key])
             if key in self._inputs:
-                return ("in", self._inputs[key])
-            if key in self._args:  # a numpy scalar argument
+                # An argument's array, unless read through a tensor other than that argument
+                # (a parameter passed in as p.detach()): then it is that tensor's, read live,
+                # as the next call may pass another array.
+                owner = None if tensor is None else self._aliases.get(id(tensor), tensor)
+                if owner is None or id(owner) in self._args:
+                    return ("in", self._inputs[key])
+            elif key in self._args:  # a numpy scalar argument
                 return ("arg", self._args[key])
             if t is not np.ndarray:  # a numpy scalar made by Python code: a value, like 0.5
                 return ("c", t, v)

@@ -39,7 +39,7 @@ class Linear(Module):
 
 
 def _count_batch(counter):
-    counter.data = counter.data + 1
+    counter.data = np.asarray(counter.data + 1)  # a 0-d array, not the numpy scalar + gives
 
 
 class BatchNorm1d(Module):

@@ -774,8 +774,9 @@ def test_no_in_place_writes_downstream_of_a_gradient_whose_layout_is_decided_at_
         def step(x):
             loss = (p.T * x).sum()
             loss.backward()
-            squared = p.grad * p.grad
-            ratio = (squared / (p * p + 1.0)).sum(axis=0).sum()
+            with no_grad():  # a statistic, not a graph to return
+                squared = p.grad * p.grad
+                ratio = (squared / (p * p + 1.0)).sum(axis=0).sum()
             return loss, ratio
         return step, p
 
@@ -854,3 +855,70 @@ def test_an_argument_that_was_a_parameters_array_at_capture():
         assert want.data.tobytes() == got.data.tobytes(), f"call {i}"
         assert pe.data.tobytes() == pj.data.tobytes(), f"call {i}"
     assert step.replays >= 3
+
+
+def test_steps_captured_in_several_threads_at_once_stay_apart():
+    # Each thread has its own tape: two captures running at the same time do not record each
+    # other's work, and eager code in a third thread meets no tape at all (found by a review:
+    # one tape slot for all threads gave spurious JitErrors and mixed captures).
+    import sys
+    import threading
+    results = {}
+    # built here: mlp() seeds numpy's global generator, which threads would share
+    models = {tid: (mlp(seed=tid), mlp(seed=tid)) for tid in range(3)}
+    eager_only = mlp(seed=9)
+
+    def run(tid):
+        try:
+            eager_model, jit_model = models[tid]
+            eager = make_step(eager_model, optim.SGD(eager_model.parameters(), lr=0.1))
+            step = jit(make_step(jit_model, optim.SGD(jit_model.parameters(), lr=0.1)))
+            for x, y in batches(40, seed=10 + tid):
+                want, got = eager(Tensor(x), y), step(Tensor(x), y)
+                assert want.data.tobytes() == got.data.tobytes()
+            assert_same_state({n: p.data for n, p in jit_model.named_parameters()},
+                              {n: p.data for n, p in eager_model.named_parameters()})
+            results[tid] = step.replays
+        except Exception as e:  # reported below, with the thread it happened in
+            results[tid] = e
+
+    def plain_eager():
+        try:
+            for x, y in batches(40, seed=20):
+                loss = F.cross_entropy(eager_only(Tensor(x)), y)
+                loss.backward(create_graph=True)  # refused only inside a jit capture
+            results["eager"] = "ok"
+        except Exception as e:
+            results["eager"] = e
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible
+    try:
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(3)]
+        threads.append(threading.Thread(target=plain_eager))
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert results["eager"] == "ok", results["eager"]
+    for tid in range(3):
+        assert not isinstance(results[tid], Exception), (tid, results[tid])
+        assert results[tid] >= 30
+
+
+def test_returning_a_graph_made_after_backward_is_refused():
+    # The README promises it: a prediction made after opt.step() has a graph no replay builds.
+    model = mlp()
+    opt = optim.SGD(model.parameters(), lr=0.1)
+
+    def step(x, y):
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss, model(x)
+    x, y = batches(1)[0]
+    with pytest.raises(JitError, match="did not backpropagate"):
+        jit(step)(Tensor(x), y)

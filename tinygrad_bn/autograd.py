@@ -253,12 +253,13 @@ def backward(root, grad, retain_graph=False, create_graph=False):
 
 
 def _backward(root, grad, retain_graph, create_graph, wrap):
-    tape = Tape.active  # jit is capturing: every array computed below goes on the tape
-    if tape is not None:
-        if create_graph:
-            raise JitError("backward(create_graph=True) inside a jit step is not supported")
-        tape.backward_ran = True
+    # jit is capturing in this thread: every array computed below goes on the tape
+    tape = Tape.current() if Tape.recording else None
+    if tape is not None and create_graph:
+        raise JitError("backward(create_graph=True) inside a jit step is not supported")
     order = toposort(root)
+    if tape is not None:
+        tape.backpropagated.update(order)
     grads = {order[-1]: grad}
     # Vertices whose entry in ``grads`` is an array only this pass holds (a fresh result of a
     # derivative rule): further contributions are added into it in place, saving an allocation.

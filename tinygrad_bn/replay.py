@@ -101,7 +101,7 @@ class Jit:
         return bound
 
     def __call__(self, *args, **kwargs):
-        if Tape.active is not None:  # called inside another jit's capture: part of its tape
+        if Tape.recording and Tape.current():  # inside another jit's capture: part of its tape
             return self.fn(*args, **kwargs)
         names = tuple(kwargs)
         flat = args + tuple(kwargs.values())
@@ -134,14 +134,13 @@ class Jit:
 
     def _capture(self, sig, flat, names):
         tape = Tape(flat, [_array_of(a) for a in flat])
-        Tape.active = tape
+        tape.start()
         try:
             out = self._run(flat, names)
-            if not tape.backward_ran:
-                _refuse_unused_graphs(out, self.__name__)
+            _refuse_unused_graphs(out, tape, self.__name__)
             out_spec = tape.output_spec(out)
         finally:
-            Tape.active = None
+            tape.stop()
             tape.finish()
         prev = self._pending.pop(sig, None)
         if prev is not None:
@@ -211,10 +210,11 @@ def _label(i, obj):
     return f"#{i} {type(obj).__name__}" + ("" if shape is None else f" of shape {shape}")
 
 
-def _refuse_unused_graphs(out, name):
+def _refuse_unused_graphs(out, tape, name):
     for t in out if isinstance(out, (tuple, list)) else (out,):
         ctx = getattr(t, "_ctx", None)
-        if ctx is not None and autograd.is_node(ctx) and not autograd.is_released(ctx):
+        if (ctx is not None and autograd.is_node(ctx) and not autograd.is_released(ctx)
+                and ctx not in tape.backpropagated):
             raise JitError(f"jit({name}): the step returns a tensor whose graph it did not "
                            f"backpropagate, but replays build no graph. Call backward() inside "
                            f"the step, or compute under no_grad() (inference)")

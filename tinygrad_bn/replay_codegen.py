@@ -29,7 +29,7 @@ import types
 
 import numpy as np
 
-from .autograd import _add_grad, _astype, unbroadcast
+from .autograd import _astype, unbroadcast
 from .ops import PRIMITIVES, is_elementwise_ufunc
 from .tape import JitError
 from .tensor import Tensor
@@ -56,11 +56,6 @@ _INTO_G = {vjp: into for op in PRIMITIVES for vjp, into in zip(op.vjps, op.vjps_
 _OPS = ({id(op.forward) for op in PRIMITIVES} | {id(v) for op in PRIMITIVES for v in op.vjps}
         | {id(unbroadcast), id(_astype)})
 _PURE = _OPS | {id(operator.add), id(operator.iadd)}
-# Functions whose result's memory layout is decided by state no guard sees: _add_grad keeps
-# g itself (any layout) or makes t.grad + g (C order), by whether t has a gradient at the call.
-# So is any call given an object (``o``): what is inside it (Tensor(p) copies p's array in
-# its layout) is compared by identity, not guarded.
-_LAYOUT_AT_CALL_TIME = {id(_add_grad)}
 
 
 def compile_replay(first, second, first_out, out_spec, arg_kinds, fn):
@@ -209,12 +204,15 @@ def _donations(first, second, last_use, kept):
             else:
                 blocked.update(root[r] for r in _registers((s,)))
         blocked.update(root[r] for r in _registers(tuple(s for _, s in kwspec)))
-    # Registers whose layout may differ from the capture's: anything computed from a result
-    # of _LAYOUT_AT_CALL_TIME. An op writing into an array must see the capture's layouts.
+    # Registers whose memory layout may differ from the capture's: results of calls given an
+    # object (``o``, compared by identity: what is inside is not guarded) and everything
+    # computed from them. _add_grad(t, g) keeps g itself (any layout) or makes t.grad + g (C
+    # order), by whether t has a gradient at the call; Tensor(p) copies p's array in its
+    # layout. An op writing into an array must see the layouts of the capture.
     unstable = set()
     for f, spec, kwspec, reg in second.instrs:
         specs = spec + tuple(s for _, s in kwspec)
-        if reg is not None and (id(f) in _LAYOUT_AT_CALL_TIME or _has_object(specs) or any(
+        if reg is not None and (_has_object(specs) or any(
                 root[r] in unstable for r in _registers(specs))):
             unstable.add(root[reg])
     for reg, k in last_use.items():

@@ -1,8 +1,8 @@
 """The tape: a log of the array work one call of a training step does, for ``jit`` to replay.
 
-While a ``Tape`` is active (``Tape.active``), the places that compute arrays — an op's forward
-(``tensor._apply``), a derivative rule and a gradient sum (``autograd``), an optimizer update,
-batch norm's running statistics, the targets of a loss, ``Tensor(...)`` — call
+While a ``Tape`` records in a thread (``Tape.current()``), the places that compute arrays — an
+op's forward (``tensor._apply``), a derivative rule and a gradient sum (``autograd``), an
+optimizer update, batch norm's running statistics, the targets of a loss, ``Tensor(...)`` — call
 ``Tape.call(fn, args, kwargs)`` instead of ``fn(*args, **kwargs)``. The tape runs the function
 and writes one instruction: the function, and for every argument where its value comes from:
 
@@ -30,6 +30,9 @@ import threading
 import numpy as np
 
 from .ops import PRIMITIVES
+
+_LOCAL = threading.local()  # .tape: the tape recording in this thread
+_LOCK = threading.Lock()
 
 
 class JitError(RuntimeError):
@@ -79,7 +82,25 @@ _VALUE_TYPES = (type(None), bool, int, float, complex, str, bytes, slice, type(E
 class Tape:
     """One call's instructions: ``(fn, arg specs, kwarg specs, result register or None)``."""
 
-    active = None  # the tape recording now; read at every op, so a class attribute
+    # How many threads are capturing a step: the one check every op makes. Each thread has its
+    # own tape (``current()``), so steps captured in two threads at once do not mix.
+    recording = 0
+
+    @staticmethod
+    def current():
+        """The tape recording in this thread, or None."""
+        return getattr(_LOCAL, "tape", None)
+
+    def start(self):
+        """Record this thread's array work on this tape, until ``stop()``."""
+        with _LOCK:
+            Tape.recording += 1
+        _LOCAL.tape = self
+
+    def stop(self):
+        _LOCAL.tape = None
+        with _LOCK:
+            Tape.recording -= 1
 
     def __init__(self, arg_objects, arg_arrays):
         self.instrs = []
@@ -89,8 +110,7 @@ class Tape:
         self.reg_meta = []
         self.viewed = set()  # registers of which a later result is a view
         self.same = {}  # register -> the earlier register whose very array it is
-        self.backward_ran = False  # set by autograd: a step that backpropagates keeps no graph
-        self._thread = threading.get_ident()  # work of other threads is not this step's
+        self.backpropagated = set()  # graph vertices a backward() of the step went through
         self._args = {id(a): i for i, a in enumerate(arg_objects)}
         self._inputs = {id(a): i for i, a in enumerate(arg_arrays) if a is not None}
         self._regs = {}  # id(array) -> register holding it
@@ -102,25 +122,21 @@ class Tape:
 
     def call(self, fn, args, kwargs=None):
         """Run ``fn(*args, **kwargs)`` (untaped inside) and write it down; returns its result."""
-        if threading.get_ident() != self._thread:
-            return fn(*args, **kwargs) if kwargs else fn(*args)
         return self._run(fn, tuple(self._spec(a) for a in args), args, kwargs)
 
     def forward(self, op, inputs, attrs):
         """An op's forward on tensors ``inputs``; the arrays of persistent tensors (parameters,
         buffers) are read live at replay."""
-        if threading.get_ident() != self._thread:
-            return op.forward(*[t.data for t in inputs], **attrs)
         spec = tuple(self._spec(t.data, t) for t in inputs)
         return self._run(op.forward, spec, [t.data for t in inputs], attrs)
 
     def _run(self, fn, spec, args, kwargs):
         kwspec = tuple((k, self._spec(v)) for k, v in kwargs.items()) if kwargs else ()
-        Tape.active = None  # work inside fn is part of this instruction
+        _LOCAL.tape = None  # work inside fn is part of this instruction
         try:
             result = fn(*args, **kwargs) if kwargs else fn(*args)
         finally:
-            Tape.active = self
+            _LOCAL.tape = self
         reg = None
         if isinstance(result, (np.ndarray, np.generic)):
             key = id(result)
@@ -181,9 +197,8 @@ class Tape:
 
     def alias(self, tensor, original):
         """``tensor`` wraps ``original``'s array (``detach()``): read it as ``original.data``."""
-        if threading.get_ident() == self._thread:
-            self._aliases[id(tensor)] = self._aliases.get(id(original), original)
-            self._alive += [tensor, original]
+        self._aliases[id(tensor)] = self._aliases.get(id(original), original)
+        self._alive += [tensor, original]
 
     def output_spec(self, value):
         """Where the step's return value comes from: a tensor's array, None, or a tuple."""
@@ -205,6 +220,7 @@ class Tape:
         """Stop holding the arrays of this call (the instructions keep what replay needs)."""
         self._alive = self._regs = self._inputs = self._args = None
         self._owners = self._aliases = None
+        self.backpropagated = None
 
     # ---- comparing two captures ----
 
@@ -289,16 +305,15 @@ _OP_PARTS = {}
 def run(fn, *args, **kwargs):
     """``fn(*args, **kwargs)``, written on the active tape if there is one: for the places that
     compute arrays outside ops (an optimizer update, running statistics, a loss's targets)."""
-    tape = Tape.active
-    if tape is None:
+    tape = Tape.recording and Tape.current()
+    if not tape:
         return fn(*args, **kwargs)
     return tape.call(fn, args, kwargs)
 
 
 def refuse(what):
     """Raise if a tape is recording: ``what`` would be frozen into every replay."""
-    tape = Tape.active
-    if tape is not None and tape._thread == threading.get_ident():
+    if Tape.recording and Tape.current() is not None:
         raise JitError(f"{what} inside a jit step: the value would be read once, at capture, "
                        f"and frozen into every replay. Return the tensor from the step and read "
                        f"it outside")

@@ -111,8 +111,9 @@ class Tensor:
     def detach(self):
         """The same data, cut from the graph (no gradient flows through it)."""
         out = Tensor._wrap(self.data)
-        if Tape.active is not None:  # a jit replay reads self.data, which may be replaced
-            Tape.active.alias(out, self)
+        tape = Tape.recording and Tape.current()
+        if tape:  # a jit replay reads self.data, which may be replaced
+            tape.alias(out, self)
         return out
 
     def requires_grad_(self, requires_grad=True):
@@ -357,8 +358,8 @@ def _apply(op, *inputs, **attrs):
     """Run ``op``'s numpy forward and record it in the graph (``autograd.record`` decides)."""
     try:
         # Spelled out for one and two inputs: this line runs for every operation.
-        if Tape.active is not None:  # jit is capturing this step
-            out = Tape.active.forward(op, inputs, attrs)
+        if Tape.recording and Tape.current():  # jit is capturing this step in this thread
+            out = Tape.current().forward(op, inputs, attrs)
         elif len(inputs) == 2:
             out = op.forward(inputs[0].data, inputs[1].data, **attrs)
         else:
@@ -463,7 +464,8 @@ def _index_arg(index):
         index = index.data
     if isinstance(index, list):
         index = run(np.asarray, index)
-    if isinstance(index, np.ndarray) and index.dtype.kind == "b" and Tape.active is not None:
+    if isinstance(index, np.ndarray) and index.dtype.kind == "b" and Tape.recording \
+            and Tape.current():
         raise JitError("indexing with a boolean mask inside a jit step: the result's shape "
                        "depends on the mask's values, which a replay cannot follow")
     if isinstance(index, np.ndarray) and index.dtype.kind == "f":

@@ -307,3 +307,31 @@ def test_requires_grad_in_place():
     np.testing.assert_array_equal(x.grad.data, [3, 3])
     with pytest.raises(RuntimeError, match="detach"):
         (x * 2).requires_grad_(False)
+
+
+def test_grad_mode_and_module_scope_are_per_thread():
+    # As in PyTorch: no_grad() in one thread does not stop another thread's graph, and the
+    # modules a thread is inside do not leak into nodes another thread records.
+    import threading
+
+    from tinygrad_bn import nn
+    from tinygrad_bn.autograd import enter_scope, exit_scope
+    inside, done = threading.Event(), threading.Event()
+    seen = {}
+
+    def other():
+        with no_grad():
+            prev = enter_scope(nn.ReLU())
+            inside.set()
+            done.wait(5)
+            exit_scope(prev)
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    inside.wait(5)
+    x = Tensor(np.ones(3), requires_grad=True)
+    y = x * 2.0
+    seen["requires_grad"], seen["scope"] = y.requires_grad, y._ctx.scope
+    done.set()
+    thread.join()
+    assert seen == {"requires_grad": True, "scope": ()}

@@ -12,6 +12,7 @@ it never imports ``tensor.py``.
 """
 import itertools
 import operator
+import threading
 import weakref
 
 import numpy as np
@@ -79,10 +80,15 @@ def is_released(vertex):
 _next_seq = itertools.count(1).__next__
 
 
-class _GradMode:
+class _GradModeState(threading.local):
+    # Per thread, as in PyTorch: no_grad() or a module's forward in one thread does not change
+    # what another thread records.
     enabled = True
     keep_values = False  # keep_values(): nodes save every array (for drawing)
     scope = ()  # the modules whose forward is running, outermost first
+
+
+_GradMode = _GradModeState()
 
 
 def enter_scope(module):

@@ -922,3 +922,119 @@ def test_returning_a_graph_made_after_backward_is_refused():
     x, y = batches(1)[0]
     with pytest.raises(JitError, match="did not backpropagate"):
         jit(step)(Tensor(x), y)
+
+
+# ---- found by a third review: what a replay must check or read at every call ----
+
+def test_a_models_own_parameter_passed_as_an_argument_then_another_tensor():
+    def make():
+        rng = np.random.default_rng(0)
+        lin = nn.Linear(4, 3)
+        lin.weight.data, lin.bias.data = rng.standard_normal((3, 4)), rng.standard_normal(3)
+        opt = optim.SGD(lin.parameters(), lr=0.1)
+
+        def step(x, w):
+            opt.zero_grad()
+            loss = (lin(x) ** 2).mean() + (w * w).sum() * 0.01
+            loss.backward()
+            opt.step()
+            return loss
+        return step, lin
+
+    (eager, le), (step, lj) = make(), make()
+    step = jit(step)
+    others = [nn.Parameter(np.ones((3, 4))) for _ in range(2)]
+    for i in range(7):
+        x = np.random.default_rng(i).standard_normal((5, 4))
+        # the model's own weight first; then a separate tensor; then the weight again
+        we, wj = (le.weight, lj.weight) if i < 3 or i == 6 else others
+        want, got = eager(Tensor(x), we), step(Tensor(x), wj)
+        assert want.data.tobytes() == got.data.tobytes(), f"call {i}"
+        assert le.weight.data.tobytes() == lj.weight.data.tobytes(), f"call {i}"
+        assert others[0].data.tobytes() == others[1].data.tobytes(), f"call {i}"
+
+
+def test_a_gradient_given_from_outside_the_step_is_used():
+    # The optimizer reads each parameter's .grad at the call: one that a loss outside the step
+    # gave a gradient is updated, also on replays.
+    def make():
+        model = mlp()
+        spare = nn.Parameter(np.ones(3))
+        opt = optim.SGD(model.parameters() + [spare], lr=0.1, momentum=0.9)
+
+        def step(x, y):
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            return loss
+        return step, model, spare
+
+    (eager, me, se), (step, mj, sj) = make(), make()
+    step = jit(step)
+    for i, (x, y) in enumerate(batches(8)):
+        if i % 3 == 2:  # a gradient for `spare` from outside the step, before it
+            for s in (se, sj):
+                (s * s).sum().backward()
+        want, got = eager(Tensor(x), y), step(Tensor(x), y)
+        assert want.data.tobytes() == got.data.tobytes(), f"call {i}"
+        assert se.data.tobytes() == sj.data.tobytes(), f"call {i}"
+        assert_same_state({n: p.data for n, p in mj.named_parameters()},
+                          {n: p.data for n, p in me.named_parameters()})
+    assert not np.array_equal(sj.data, np.ones(3)) and step.replays >= 4
+
+
+_helper_opt = None  # read by _helper_update, a module-level helper the step below calls
+
+
+def _helper_update():
+    _helper_opt.step()
+    _helper_opt.zero_grad()
+
+
+def test_globals_read_by_a_helper_of_the_step_are_guarded():
+    global _helper_opt
+    finals = []
+    for mode in ("eager", "jit"):
+        model = mlp()
+        _helper_opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+
+        def step(x, y):  # reads _helper_opt only through the helper
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            _helper_update()
+            return loss
+        run = jit(step) if mode == "jit" else step
+        for i, (x, y) in enumerate(batches(8)):
+            if i == 4:  # a new optimizer under the same global name: no momentum carried over
+                _helper_opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+            run(Tensor(x), y)
+        finals.append([p.data.copy() for p in model.parameters()])
+    assert run.recaptures == 1 and run.replays >= 4
+    assert all(np.array_equal(a, b) for a, b in zip(*finals))
+
+
+def test_negative_zero_arguments_and_deleted_closure_variables():
+    def step(x, scale):
+        return Tensor(np.ones(3)) * x * scale
+    js = jit(lambda x, scale: step(x, scale))
+    with no_grad():
+        outs = [js(Tensor(np.array([1.0, -1.0, 2.0])), s) for s in (0.0, 0.0, 0.0, -0.0, -0.0)]
+    assert [np.signbit(o.data).tolist() for o in outs][-1] == [True, False, True]
+    assert [np.signbit(o.data).tolist() for o in outs][0] == [False, True, False]
+
+    model = mlp()
+    opt = optim.SGD(model.parameters(), lr=0.1)
+
+    def train(x, y):
+        opt.zero_grad()  # noqa: F821 (deleted below on purpose)
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()  # noqa: F821
+        return loss
+    jtrain = jit(train)
+    for x, y in batches(4):
+        jtrain(Tensor(x), y)
+    del opt
+    with pytest.raises(NameError):  # what the step itself raises, not the replay's guard
+        jtrain(Tensor(x), y)

@@ -23,15 +23,16 @@ class Optimizer:
             run(setattr, p, "grad", None)  # on a jit tape, so a replay does it too
 
     def step(self):
-        for i, p in enumerate(self.params):
-            if p.grad is not None:
-                # One call per parameter, as a jit replay repeats it: the parameter, its state
-                # (momentum buffer, Adam's step count) and the hyperparameters (lr) are looked
-                # up at every call.
-                run(Optimizer._update_at, self, i, p.grad.data)
+        for i in range(len(self.params)):
+            # One call per parameter, as a jit replay repeats it: the parameter, whether it has
+            # a gradient and which, its state (momentum buffer, Adam's step count) and the
+            # hyperparameters (lr) are looked up at every call.
+            run(Optimizer._update_at, self, i)
 
-    def _update_at(self, i, grad):
-        self._update(self.params[i], grad, self.state[i])
+    def _update_at(self, i):
+        p = self.params[i]
+        if p.grad is not None:
+            self._update(p, p.grad.data, self.state[i])
 
     def _update(self, p, grad, state):
         raise NotImplementedError

@@ -32,6 +32,7 @@ What protects a replay from doing something else than the eager step would:
     step = jit(train_step)          # or @jit on the definition
     loss = step(Tensor(x), y)       # x, y: arrays of the same shapes at every call
 """
+import math
 import warnings
 import weakref
 
@@ -150,7 +151,7 @@ class Jit:
                 if len(self._compiled) >= _SIGNATURES:  # keep the most recent ones
                     self._compiled.pop(next(iter(self._compiled)))
                 self._compiled[sig] = (compile_replay(prev[0], tape, prev[1], out_spec, kinds,
-                                                      self.fn), False)
+                                                      self.fn, flat), False)
                 return out
             if prev[2] + 1 >= _ATTEMPTS:
                 raise JitError(
@@ -238,7 +239,9 @@ def _signature(flat, names):
                         first.setdefault(id(a), i), first.setdefault(id(a.data), i)))
         elif isinstance(a, np.ndarray):
             sig.append(("array", a.shape, a.dtype, a.strides, first.setdefault(id(a), i)))
-        elif a is None or isinstance(a, (bool, int, float, str, np.generic)):
+        elif isinstance(a, (float, np.floating)):  # 0.0 == -0.0, but they compute apart
+            sig.append(("value", type(a), a, math.copysign(1.0, a)))
+        elif a is None or isinstance(a, (bool, int, str, np.generic)):
             sig.append(("value", type(a), a))
         else:
             raise JitError(f"jit step arguments must be tensors, arrays, numbers or strings, got "

@@ -31,6 +31,7 @@ import numpy as np
 
 from .autograd import _astype, unbroadcast
 from .ops import PRIMITIVES, is_elementwise_ufunc
+from .optim import Optimizer
 from .tape import JitError
 from .tensor import Tensor
 
@@ -58,11 +59,12 @@ _OPS = ({id(op.forward) for op in PRIMITIVES} | {id(v) for op in PRIMITIVES for 
 _PURE = _OPS | {id(operator.add), id(operator.iadd)}
 
 
-def compile_replay(first, second, first_out, out_spec, arg_kinds, fn):
+def compile_replay(first, second, first_out, out_spec, arg_kinds, fn, args):
     """The replay function for tapes ``first`` and ``second`` (which agree; ``second`` is the
-    latest) and their output specs. ``arg_kinds``: per argument, "tensor", "array" or "value".
-    ``fn``: the step function, whose closure and globals are guarded. Returns the function,
-    with ``.source`` (its text) and ``.objects`` (what it reads: for checking a trial replay).
+    latest) and their output specs. ``arg_kinds``: per argument, "tensor", "array" or "value";
+    ``args``: the arguments of the latest capture. ``fn``: the step function, whose closure and
+    globals are guarded. Returns the function, with ``.source`` (its text) and ``.objects``
+    (what it reads: for checking a trial replay).
     """
     ns = {"W": Tensor._wrap, "STALE": STALE}
     names = {}
@@ -153,10 +155,13 @@ def compile_replay(first, second, first_out, out_spec, arg_kinds, fn):
                           f"{name}.requires_grad is not {bool(tensor.requires_grad)}")
     for holder, read, value in _free_variables(fn):
         guards.append(f"{read.format(bind('H', holder))} is not {bind('O', value)}")
+    guards += _argument_identity_guards(second, args, arg_kinds, names, ns, objects, bind)
     head = [f"    d{i} = a{i}.data" if kind == "tensor" else f"    d{i} = a{i}"
             for i, kind in enumerate(arg_kinds) if kind in ("tensor", "array")]
     if guards:
-        head = ["    if (" + "\n            or ".join(guards) + "):", "        return STALE"] + head
+        # a closure variable deleted since the capture reads as ValueError: capture again
+        head = ["    try:", "        if (" + "\n                or ".join(guards) + "):",
+                "            return STALE", "    except ValueError:", "        return STALE"] + head
     args = ", ".join(f"a{i}" for i in range(len(arg_kinds)))
     src = f"def replay({args}):\n" + "\n".join(head + body) + "\n"
     exec(compile(src, "<jit replay>", "exec"), ns)
@@ -164,6 +169,24 @@ def compile_replay(first, second, first_out, out_spec, arg_kinds, fn):
     replay.source = src
     replay.objects = list(objects.values())
     return replay
+
+
+def _argument_identity_guards(second, args, arg_kinds, names, ns, objects, bind):
+    """Guards on which tensor an argument is. The tape knows a tensor argument only as "the
+    i-th argument", also where the step reached the same tensor another way (a model's own
+    weight passed in). So: an argument must not be one of the tensors the replay reads live,
+    and one that an optimizer of the step holds must be that very tensor at every call."""
+    persistent = [ns[name] for key, name in names.items() if key[0] == "X"]
+    held = {id(p) for o in objects.values() if isinstance(o, Optimizer) for p in o.params}
+    guards = []
+    for i, (kind, a) in enumerate(zip(arg_kinds, args)):
+        if kind != "tensor":
+            continue
+        if id(a) in held:
+            guards.append(f"a{i} is not {bind('O', a)}")
+        elif persistent:
+            guards.append(f"id(a{i}) in {bind('C', frozenset(map(id, persistent)))}")
+    return guards
 
 
 def _refuse_fixed_array(array):
@@ -286,27 +309,38 @@ def _free_variables(fn):
     """(holder, read, value) for each closure cell and module global ``fn`` reads, except
     modules: ``read`` formats the holder's name in the generated code into an expression for
     the variable's current value, which is ``value`` now. Rebinding any of them (a new
-    optimizer, model, function or number under the same name) makes the replay stale."""
+    optimizer, model, function or number under the same name) makes the replay stale. The
+    same for the functions of the step's own module it calls (a helper reading a global
+    ``opt``), and theirs in turn."""
     # functools.partial, a bound method, a jit method's wrapper: guard the function inside
     while hasattr(fn, "func") or hasattr(fn, "__func__") or hasattr(fn, "__wrapped__"):
         fn = getattr(fn, "func", None) or getattr(fn, "__func__", None) or fn.__wrapped__
-    code = getattr(fn, "__code__", None)
-    if code is None:
+    if getattr(fn, "__code__", None) is None:
         return []
-    out = []
-    for cell in fn.__closure__ or ():
-        try:
-            value = cell.cell_contents
-        except ValueError:  # not bound yet
-            continue
-        if not isinstance(value, types.ModuleType):
-            out.append((cell, "{}.cell_contents", value))
-    module_globals = fn.__globals__
-    read, written = _globals_of(code)
-    for var in sorted(read - written):  # a global the step assigns is its own counter
-        value = module_globals.get(var)
-        if var in module_globals and not isinstance(value, types.ModuleType):
-            out.append((module_globals, "{}.get(" + repr(var) + ")", value))
+    out, seen, todo = [], {id(fn)}, [fn]
+    while todo:
+        f = todo.pop()
+        values = []
+        for cell in f.__closure__ or ():
+            try:
+                value = cell.cell_contents
+            except ValueError:  # not bound yet
+                continue
+            if not isinstance(value, types.ModuleType):
+                out.append((cell, "{}.cell_contents", value))
+                values.append(value)
+        module_globals = f.__globals__
+        read, written = _globals_of(f.__code__)
+        for var in sorted(read - written):  # a global the step assigns is its own counter
+            value = module_globals.get(var)
+            if var in module_globals and not isinstance(value, types.ModuleType):
+                out.append((module_globals, "{}.get(" + repr(var) + ")", value))
+                values.append(value)
+        for value in values:  # helpers written next to the step, not library functions
+            if (type(value) is types.FunctionType and id(value) not in seen
+                    and value.__globals__ is fn.__globals__):
+                seen.add(id(value))
+                todo.append(value)
     return out
 
 

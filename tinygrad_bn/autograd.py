@@ -146,14 +146,16 @@ def record(op, inputs, attrs, out):
 
     ``out`` is the forward result; the node keeps it only if the op's derivative reads it.
     """
-    if not _GradMode.enabled:
+    mode = _GradMode  # this thread's: each attribute read costs, so each is read once
+    if not mode.enabled:
         return None
     for t in inputs:
         if t.requires_grad:
             break
     else:
         return None
-    if _GradMode.keep_values or op.reads_all:
+    keep = mode.keep_values
+    if keep or op.reads_all:
         args = inputs
     elif len(inputs) == 1:  # spelled out: this runs for every recorded operation
         t = inputs[0]
@@ -165,8 +167,8 @@ def record(op, inputs, attrs, out):
     shape = out.shape
     # One tuple per distinct shape: the graph keeps no extra object per op (see Node.args).
     shape = _SHAPES.get(shape) or _intern_shape(shape)
-    return Node(op, args, out if op.reads_out or _GradMode.keep_values else None, attrs,
-                _GradMode.scope, _next_seq(), shape, out.dtype)
+    return Node(op, args, out if op.reads_out or keep else None, attrs, mode.scope, _next_seq(),
+                shape, out.dtype)
 
 
 _SHAPES = {}

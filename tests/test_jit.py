@@ -1038,3 +1038,112 @@ def test_negative_zero_arguments_and_deleted_closure_variables():
     del opt
     with pytest.raises(NameError):  # what the step itself raises, not the replay's guard
         jtrain(Tensor(x), y)
+
+
+# ---- found by a fourth review ----
+
+def test_a_models_buffer_passed_as_an_argument_then_another_tensor():
+    # batch norm's running mean reached both as the argument and through the model: the
+    # replay must capture again when the argument becomes another tensor
+    def make():
+        model = mlp()
+        bn = model[1]
+        opt = optim.SGD(model.parameters(), lr=0.1)
+
+        def step(x, y, w):
+            opt.zero_grad()
+            loss = F.cross_entropy(model(x), y) + (w * w).sum() * 0.0
+            loss.backward()
+            opt.step()
+            return loss
+        return step, model, bn
+
+    (eager, me, be), (step, mj, bj) = make(), make()
+    step = jit(step)
+    fresh = [Tensor(np.zeros(10)) for _ in range(2)]
+    for i, (x, y) in enumerate(batches(7)):
+        we, wj = (be.running_mean, bj.running_mean) if i < 3 else fresh
+        want, got = eager(Tensor(x), y, we), step(Tensor(x), y, wj)
+        assert want.data.tobytes() == got.data.tobytes(), f"call {i}"
+        assert be.running_mean.data.tobytes() == bj.running_mean.data.tobytes(), f"call {i}"
+        assert_same_state({n: p.data for n, p in mj.named_parameters()},
+                          {n: p.data for n, p in me.named_parameters()})
+    assert step.recaptures >= 1
+
+
+def test_parameters_added_to_or_removed_from_the_optimizer_after_capture():
+    for change in ("append", "pop"):
+        def make():
+            model = mlp()
+            extra = nn.Parameter(np.ones(3))
+            opt = optim.SGD(model.parameters(), lr=0.1)
+
+            def step(x, y):
+                opt.zero_grad()
+                loss = F.cross_entropy(model(x), y) + (extra * extra).sum()
+                loss.backward()
+                opt.step()
+                return loss
+            return step, model, opt, extra
+
+        (eager, me, oe, xe), (step, mj, oj, xj) = make(), make()
+        step = jit(step)
+        for i, (x, y) in enumerate(batches(7)):
+            if i == 4:
+                for o, x_ in ((oe, xe), (oj, xj)):
+                    if change == "append":
+                        o.params.append(x_)
+                        o.state.append({})
+                    else:
+                        o.params.pop()
+                        o.state.pop()
+            want, got = eager(Tensor(x), y), step(Tensor(x), y)
+            assert want.data.tobytes() == got.data.tobytes(), (change, i)
+            assert xe.data.tobytes() == xj.data.tobytes(), (change, i)
+            assert_same_state({n: p.data for n, p in mj.named_parameters()},
+                              {n: p.data for n, p in me.named_parameters()})
+        assert step.recaptures == 1, change
+
+
+def _decorated_helper_update():
+    _decorated_helper_opt.step()
+    _decorated_helper_opt.zero_grad()
+
+
+_decorated_helper_opt = None
+_decorated_update = no_grad()(_decorated_helper_update)  # a wrapper made in another module
+
+
+def test_globals_read_through_a_decorated_helper_are_guarded():
+    global _decorated_helper_opt
+    finals = []
+    for mode in ("eager", "jit"):
+        model = mlp()
+        _decorated_helper_opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+
+        def step(x, y):
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            _decorated_update()
+            return loss
+        run = jit(step) if mode == "jit" else step
+        for i, (x, y) in enumerate(batches(8)):
+            if i == 4:
+                _decorated_helper_opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+            run(Tensor(x), y)
+        finals.append([p.data.copy() for p in model.parameters()])
+    assert run.recaptures == 1
+    assert all(np.array_equal(a, b) for a, b in zip(*finals))
+
+
+def test_a_graph_returned_inside_a_nested_tuple_is_refused():
+    model = mlp()
+
+    def step(x, y):
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        aux = (model(x) ** 2).mean()  # a graph no backward went through
+        return loss, (aux,)
+    x, y = batches(1)[0]
+    with pytest.raises(JitError, match="did not backpropagate"):
+        jit(step)(Tensor(x), y)

@@ -125,7 +125,7 @@ class _SetGradMode:
         def wrapper(*args, **kwargs):
             with type(self)():
                 return fn(*args, **kwargs)
-        wrapper.__name__, wrapper.__doc__ = fn.__name__, fn.__doc__
+        wrapper.__name__, wrapper.__doc__, wrapper.__wrapped__ = fn.__name__, fn.__doc__, fn
         return wrapper
 
 

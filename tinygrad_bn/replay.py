@@ -181,9 +181,11 @@ class Jit:
         restore(before)
         try:
             out = replay(*flat)
-        except Exception as e:
+        except BaseException as e:
             restore(after_eager)
             del self._compiled[sig]
+            if not isinstance(e, Exception):  # KeyboardInterrupt: as eager left it, then stop
+                raise
             raise JitError(f"jit({self.__name__}): the trial replay failed ({type(e).__name__}: "
                            f"{e}); this call's step was applied eagerly") from e
         if out is STALE:  # the eager call itself changed what a guard checks
@@ -213,6 +215,9 @@ def _label(i, obj):
 
 def _refuse_unused_graphs(out, tape, name):
     for t in out if isinstance(out, (tuple, list)) else (out,):
+        if isinstance(t, (tuple, list)):  # nested, as output_spec allows
+            _refuse_unused_graphs(t, tape, name)
+            continue
         ctx = getattr(t, "_ctx", None)
         if (ctx is not None and autograd.is_node(ctx) and not autograd.is_released(ctx)
                 and ctx not in tape.backpropagated):

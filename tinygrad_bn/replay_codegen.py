@@ -29,7 +29,8 @@ import types
 
 import numpy as np
 
-from .autograd import _astype, unbroadcast
+from .autograd import _add_grad, _astype, unbroadcast
+from .nn.module import Parameter
 from .ops import PRIMITIVES, is_elementwise_ufunc
 from .optim import Optimizer
 from .tape import JitError
@@ -66,7 +67,7 @@ def compile_replay(first, second, first_out, out_spec, arg_kinds, fn, args):
     globals are guarded. Returns the function, with ``.source`` (its text) and ``.objects``
     (what it reads: for checking a trial replay).
     """
-    ns = {"W": Tensor._wrap, "STALE": STALE}
+    ns = {"W": Tensor._wrap, "STALE": STALE, "IS": operator.is_}
     names = {}
     objects = {}
 
@@ -155,7 +156,7 @@ def compile_replay(first, second, first_out, out_spec, arg_kinds, fn, args):
                           f"{name}.requires_grad is not {bool(tensor.requires_grad)}")
     for holder, read, value in _free_variables(fn):
         guards.append(f"{read.format(bind('H', holder))} is not {bind('O', value)}")
-    guards += _argument_identity_guards(second, args, arg_kinds, names, ns, objects, bind)
+    guards += _identity_guards(second, args, arg_kinds, names, ns, objects, bind)
     head = [f"    d{i} = a{i}.data" if kind == "tensor" else f"    d{i} = a{i}"
             for i, kind in enumerate(arg_kinds) if kind in ("tensor", "array")]
     if guards:
@@ -171,22 +172,47 @@ def compile_replay(first, second, first_out, out_spec, arg_kinds, fn, args):
     return replay
 
 
-def _argument_identity_guards(second, args, arg_kinds, names, ns, objects, bind):
-    """Guards on which tensor an argument is. The tape knows a tensor argument only as "the
-    i-th argument", also where the step reached the same tensor another way (a model's own
-    weight passed in). So: an argument must not be one of the tensors the replay reads live,
-    and one that an optimizer of the step holds must be that very tensor at every call."""
+def _identity_guards(second, args, arg_kinds, names, ns, objects, bind):
+    """Guards on which tensors the arguments and the optimizers' parameters are.
+
+    The tape knows a tensor argument only as "the i-th argument", also where the step reached
+    the same tensor another way (a model's own weight or buffer passed in). So an argument must
+    not be one of the tensors the replay reads live; and one that looks like the model's at
+    capture must be that very tensor at every call: a Parameter, a tensor an optimizer of the
+    step holds, or one the step hands as an object to anything but a gradient store (zero_grad,
+    batch norm's running statistics). An optimizer's parameter list must hold the same tensors:
+    its updates and zero_grad() were recorded per parameter."""
     persistent = [ns[name] for key, name in names.items() if key[0] == "X"]
-    held = {id(p) for o in objects.values() if isinstance(o, Optimizer) for p in o.params}
+    optimizers = [o for o in objects.values() if isinstance(o, Optimizer)]
+    held = {id(p) for o in optimizers for p in o.params}
+    as_object = set()
+    for f, spec, kwspec, _ in second.instrs:
+        if f is not _add_grad:
+            as_object.update(s[1] for s in _flat_specs(spec + tuple(s for _, s in kwspec))
+                             if s[0] == "arg")
     guards = []
     for i, (kind, a) in enumerate(zip(arg_kinds, args)):
         if kind != "tensor":
             continue
-        if id(a) in held:
+        if id(a) in held or i in as_object or isinstance(a, Parameter):
             guards.append(f"a{i} is not {bind('O', a)}")
         elif persistent:
             guards.append(f"id(a{i}) in {bind('C', frozenset(map(id, persistent)))}")
+    for o in optimizers:
+        name = bind("O", o)
+        guards.append(f"len({name}.params) != {len(o.params)} or not all(map(IS, {name}.params, "
+                      f"{bind('C', tuple(o.params))}))")
     return guards
+
+
+def _flat_specs(specs):
+    """Every spec in ``specs``, those nested in tuples and lists included."""
+    for s in specs:
+        if type(s) is tuple and s:
+            if s[0] in ("t", "l"):
+                yield from _flat_specs(s[1])
+            else:
+                yield s
 
 
 def _refuse_fixed_array(array):
@@ -337,11 +363,31 @@ def _free_variables(fn):
                 out.append((module_globals, "{}.get(" + repr(var) + ")", value))
                 values.append(value)
         for value in values:  # helpers written next to the step, not library functions
-            if (type(value) is types.FunctionType and id(value) not in seen
-                    and value.__globals__ is fn.__globals__):
-                seen.add(id(value))
-                todo.append(value)
+            for helper in _own_functions(value, fn.__globals__):
+                if id(helper) not in seen:
+                    seen.add(id(helper))
+                    todo.append(helper)
     return out
+
+
+def _own_functions(value, module_globals):
+    """The functions of the module ``module_globals`` that ``value`` is, or that it wraps: a
+    decorator's wrapper (``__wrapped__``, or the functions in the wrapper's closure)."""
+    while hasattr(value, "__wrapped__") and type(value) is not type:
+        value = value.__wrapped__
+    if type(value) is not types.FunctionType:
+        return []
+    if value.__globals__ is module_globals:
+        return [value]
+    inner = []
+    for cell in value.__closure__ or ():
+        try:
+            f = cell.cell_contents
+        except ValueError:
+            continue
+        if type(f) is types.FunctionType and f.__globals__ is module_globals:
+            inner.append(f)
+    return inner
 
 
 def _globals_of(code):

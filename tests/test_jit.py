@@ -1147,3 +1147,102 @@ def test_a_graph_returned_inside_a_nested_tuple_is_refused():
     x, y = batches(1)[0]
     with pytest.raises(JitError, match="did not backpropagate"):
         jit(step)(Tensor(x), y)
+
+
+# ---- found by a fifth review ----
+
+@pytest.mark.parametrize("variant", ["wrapped", "parameter"])
+def test_fresh_inputs_wrapped_or_typed_as_parameters_still_replay(variant):
+    # Tensor(x) of a tensor argument, or a Parameter-typed input whose gradient the step
+    # returns (adversarial training): new objects at every call, not the model's, so the
+    # identity guards must let them replay
+    def make():
+        model = mlp()
+        opt = optim.SGD(model.parameters(), lr=0.1)
+
+        def step(x, y):
+            opt.zero_grad()
+            loss = F.cross_entropy(model(Tensor(x) if variant == "wrapped" else x), y)
+            loss.backward()
+            opt.step()
+            return (loss,) if variant == "wrapped" else (loss, x.grad)
+        return step, model
+
+    (eager, me), (step, mj) = make(), make()
+    step = jit(step)
+    wrap = Tensor if variant == "wrapped" else nn.Parameter
+    for i, (x, y) in enumerate(batches(8)):
+        want, got = eager(wrap(x.copy()), y), step(wrap(x.copy()), y)
+        for w, g in zip(want, got):
+            assert w.data.tobytes() == g.data.tobytes(), f"call {i}"
+        assert_same_state({n: p.data for n, p in mj.named_parameters()},
+                          {n: p.data for n, p in me.named_parameters()})
+    assert step.replays >= 6 and step.recaptures == 0
+
+
+def test_a_registered_buffer_passed_as_an_argument_then_another_tensor():
+    class Masked(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(12, 4, dtype=np.float64)
+            self.register_buffer("mask", Tensor(np.array([1.0, 0.0, 1.0, 1.0])))
+
+        def forward(self, x):
+            return self.lin(x) * self.mask
+
+    def make():
+        np.random.seed(0)
+        model = Masked()
+        opt = optim.SGD(model.parameters(), lr=0.1)
+
+        def step(x, y, m):
+            opt.zero_grad()
+            loss = F.cross_entropy(model(x) + m, y)
+            loss.backward()
+            opt.step()
+            return loss
+        return step, model
+
+    (eager, me), (step, mj) = make(), make()
+    step = jit(step)
+    other = np.array([0.5, 2.0, -1.0, 0.0])
+    for i, (x, y) in enumerate(batches(7)):
+        me_, mj_ = (me.mask, mj.mask) if i < 3 else (Tensor(other), Tensor(other))
+        want, got = eager(Tensor(x), y, me_), step(Tensor(x), y, mj_)
+        assert want.data.tobytes() == got.data.tobytes(), f"call {i}"
+        assert_same_state({n: p.data for n, p in mj.named_parameters()},
+                          {n: p.data for n, p in me.named_parameters()})
+    assert step.recaptures == 1
+
+
+_partial_model = None
+
+
+def _partial_forward(x, scale):
+    return _partial_model(x) * scale
+
+
+def test_globals_read_through_a_partial_are_guarded():
+    import functools
+    global _partial_model
+    forward = functools.partial(_partial_forward, scale=1.0)
+    finals = []
+    for mode in ("eager", "jit"):
+        first = _partial_model = mlp()
+        opt = optim.SGD(first.parameters(), lr=0.1)
+
+        def step(x, y):
+            opt.zero_grad()
+            loss = F.cross_entropy(forward(x), y)
+            loss.backward()
+            opt.step()
+            return loss
+        run = jit(step) if mode == "jit" else step
+        for i, (x, y) in enumerate(batches(7)):
+            if i == 4:  # another model under the same global name (not trained by opt)
+                _partial_model = mlp(seed=5)
+            loss = run(Tensor(x), y)
+        finals.append((loss.data.copy(), [p.data.copy() for p in first.parameters()]))
+    assert finals[0][0].tobytes() == finals[1][0].tobytes()
+    assert all(np.array_equal(a, b) for a, b in zip(finals[0][1], finals[1][1]))
+    assert run.recaptures == 1

@@ -30,11 +30,11 @@ import types
 import numpy as np
 
 from .autograd import _add_grad, _astype, unbroadcast
-from .nn.module import Parameter
+from .nn.module import Module
 from .ops import PRIMITIVES, is_elementwise_ufunc
 from .optim import Optimizer
 from .tape import JitError
-from .tensor import Tensor
+from .tensor import Tensor, _to_array
 
 STALE = object()  # what a replay returns when a guard failed: nothing was run
 
@@ -156,7 +156,7 @@ def compile_replay(first, second, first_out, out_spec, arg_kinds, fn, args):
                           f"{name}.requires_grad is not {bool(tensor.requires_grad)}")
     for holder, read, value in _free_variables(fn):
         guards.append(f"{read.format(bind('H', holder))} is not {bind('O', value)}")
-    guards += _identity_guards(second, args, arg_kinds, names, ns, objects, bind)
+    guards += _identity_guards(second, args, arg_kinds, names, ns, objects, bind, fn)
     head = [f"    d{i} = a{i}.data" if kind == "tensor" else f"    d{i} = a{i}"
             for i, kind in enumerate(arg_kinds) if kind in ("tensor", "array")]
     if guards:
@@ -172,29 +172,35 @@ def compile_replay(first, second, first_out, out_spec, arg_kinds, fn, args):
     return replay
 
 
-def _identity_guards(second, args, arg_kinds, names, ns, objects, bind):
+def _identity_guards(second, args, arg_kinds, names, ns, objects, bind, fn):
     """Guards on which tensors the arguments and the optimizers' parameters are.
 
     The tape knows a tensor argument only as "the i-th argument", also where the step reached
     the same tensor another way (a model's own weight or buffer passed in). So an argument must
-    not be one of the tensors the replay reads live; and one that looks like the model's at
-    capture must be that very tensor at every call: a Parameter, a tensor an optimizer of the
-    step holds, or one the step hands as an object to anything but a gradient store (zero_grad,
-    batch norm's running statistics). An optimizer's parameter list must hold the same tensors:
-    its updates and zero_grad() were recorded per parameter."""
+    not be one of the tensors the replay reads live; and one that was the model's at capture
+    must be that very tensor at every call: a parameter or buffer of a module the step names,
+    a tensor an optimizer of the step holds, or one the step hands to a call that changes it
+    (zero_grad, batch norm's running statistics). A fresh input each call, wrapped in a Tensor
+    or given a gradient, is none of these. An optimizer's parameter list must hold the same
+    tensors: its updates and zero_grad() were recorded per parameter."""
     persistent = [ns[name] for key, name in names.items() if key[0] == "X"]
     optimizers = [o for o in objects.values() if isinstance(o, Optimizer)]
-    held = {id(p) for o in optimizers for p in o.params}
-    as_object = set()
+    named = [value for _, _, value in _free_variables(fn)]
+    optimizers += [o for o in named if isinstance(o, Optimizer) and o not in optimizers]
+    models = {id(p) for o in optimizers for p in o.params}
+    for m in named:
+        if isinstance(m, Module):
+            models.update(id(t) for t in m.parameters() + m.buffers())
+    changed = set()
     for f, spec, kwspec, _ in second.instrs:
-        if f is not _add_grad:
-            as_object.update(s[1] for s in _flat_specs(spec + tuple(s for _, s in kwspec))
-                             if s[0] == "arg")
+        if f is not _add_grad and f is not _to_array:  # those read or give a gradient only
+            changed.update(s[1] for s in _flat_specs(spec + tuple(s for _, s in kwspec))
+                           if s[0] == "arg")
     guards = []
     for i, (kind, a) in enumerate(zip(arg_kinds, args)):
         if kind != "tensor":
             continue
-        if id(a) in held or i in as_object or isinstance(a, Parameter):
+        if id(a) in models or i in changed:
             guards.append(f"a{i} is not {bind('O', a)}")
         elif persistent:
             guards.append(f"id(a{i}) in {bind('C', frozenset(map(id, persistent)))}")
@@ -373,8 +379,8 @@ def _free_variables(fn):
 def _own_functions(value, module_globals):
     """The functions of the module ``module_globals`` that ``value`` is, or that it wraps: a
     decorator's wrapper (``__wrapped__``, or the functions in the wrapper's closure)."""
-    while hasattr(value, "__wrapped__") and type(value) is not type:
-        value = value.__wrapped__
+    while (hasattr(value, "__wrapped__") or hasattr(value, "func")) and type(value) is not type:
+        value = getattr(value, "func", None) or value.__wrapped__  # a decorator, a partial
     if type(value) is not types.FunctionType:
         return []
     if value.__globals__ is module_globals:

@@ -33,7 +33,7 @@ from .autograd import _add_grad, _astype, unbroadcast
 from .nn.module import Module
 from .ops import PRIMITIVES, is_elementwise_ufunc
 from .optim import Optimizer
-from .tape import JitError
+from .tape import JitError, is_model_tensor
 from .tensor import Tensor, _to_array
 
 STALE = object()  # what a replay returns when a guard failed: nothing was run
@@ -178,8 +178,9 @@ def _identity_guards(second, args, arg_kinds, names, ns, objects, bind, fn):
     The tape knows a tensor argument only as "the i-th argument", also where the step reached
     the same tensor another way (a model's own weight or buffer passed in). So an argument must
     not be one of the tensors the replay reads live; and one that was the model's at capture
-    must be that very tensor at every call: a parameter or buffer of a module the step names,
-    a tensor an optimizer of the step holds, or one the step hands to a call that changes it
+    must be that very tensor at every call: a parameter or buffer of a module (the step's or
+    any: ``is_model_tensor``), a tensor an optimizer of the step holds, or one the step hands
+    to a call that changes it
     (zero_grad, batch norm's running statistics). A fresh input each call, wrapped in a Tensor
     or given a gradient, is none of these. An optimizer's parameter list must hold the same
     tensors: its updates and zero_grad() were recorded per parameter."""
@@ -200,7 +201,7 @@ def _identity_guards(second, args, arg_kinds, names, ns, objects, bind, fn):
     for i, (kind, a) in enumerate(zip(arg_kinds, args)):
         if kind != "tensor":
             continue
-        if id(a) in models or i in changed:
+        if id(a) in models or i in changed or is_model_tensor(a):
             guards.append(f"a{i} is not {bind('O', a)}")
         elif persistent:
             guards.append(f"id(a{i}) in {bind('C', frozenset(map(id, persistent)))}")

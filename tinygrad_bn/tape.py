@@ -26,6 +26,7 @@ Two tapes of the same step agree (``same_as``) when they did the same work on th
 inside the step (``np.random...``, ``loss.item()``) differs between calls and is caught there.
 """
 import threading
+import weakref
 
 import numpy as np
 
@@ -33,6 +34,14 @@ from .ops import PRIMITIVES
 
 _LOCAL = threading.local()  # .tape: the tape recording in this thread
 _LOCK = threading.Lock()
+# Every tensor some Module holds as a parameter or buffer, by id (held weakly; nn.Module adds
+# them): a capture must tell the model's own tensors from fresh inputs (is_model_tensor).
+_MODEL_TENSORS = weakref.WeakValueDictionary()
+
+
+def is_model_tensor(t):
+    """Whether ``t`` is (or was) registered in some Module as a parameter or buffer."""
+    return _MODEL_TENSORS.get(id(t)) is t
 
 
 class JitError(RuntimeError):
@@ -166,11 +175,13 @@ class Tape:
             if key in self._regs:
                 return ("r", self._regs[key])
             if key in self._inputs:
-                # An argument's array, unless read through a tensor other than that argument
-                # (a parameter passed in as p.detach()): then it is that tensor's, read live,
-                # as the next call may pass another array.
+                # An argument's array, unless read through a parameter other than that
+                # argument (p passed in as p.detach()): a module's tensor or a leaf that needs
+                # a gradient. Then it is that tensor's, read live, as the next call may pass
+                # another array. (A wrapper the step makes around the argument is not.)
                 owner = None if tensor is None else self._aliases.get(id(tensor), tensor)
-                if owner is None or id(owner) in self._args:
+                if owner is None or id(owner) in self._args or not (
+                        is_model_tensor(owner) or owner.requires_grad and owner._ctx is None):
                     return ("in", self._inputs[key])
             elif key in self._args:  # a numpy scalar argument
                 return ("arg", self._args[key])

@@ -5,7 +5,7 @@ from collections import OrderedDict
 import numpy as np
 
 from ..autograd import enter_scope, exit_scope
-from ..tape import run
+from ..tape import _MODEL_TENSORS, run
 from ..tensor import Tensor
 
 
@@ -38,10 +38,13 @@ class Module:
             table.pop(name, None)
         if isinstance(value, Parameter):
             self._parameters[name] = value
+            _MODEL_TENSORS[id(value)] = value
         elif isinstance(value, Module):
             self._modules[name] = value
         elif name in self.__dict__.get("_buffer_names", ()):
             self._buffers[name] = value
+            if isinstance(value, Tensor):
+                _MODEL_TENSORS[id(value)] = value
         # Also an ordinary attribute, so reading self.weight in forward is a plain lookup.
         object.__setattr__(self, name, value)
 

@@ -262,7 +262,7 @@ def backward(root, grad, retain_graph=False, create_graph=False):
 
 def _backward(root, grad, retain_graph, create_graph, wrap):
     # jit is capturing in this thread: every array computed below goes on the tape
-    tape = Tape.current() if Tape.recording else None
+    tape = Tape.current()
     if tape is not None and create_graph:
         raise JitError("backward(create_graph=True) inside a jit step is not supported")
     order = toposort(root)

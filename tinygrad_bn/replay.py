@@ -102,7 +102,7 @@ class Jit:
         return bound
 
     def __call__(self, *args, **kwargs):
-        if Tape.recording and Tape.current():  # inside another jit's capture: part of its tape
+        if Tape.current() is not None:  # inside another jit's capture: part of its tape
             return self.fn(*args, **kwargs)
         names = tuple(kwargs)
         flat = args + tuple(kwargs.values())

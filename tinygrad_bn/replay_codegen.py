@@ -30,14 +30,12 @@ import types
 import numpy as np
 
 from .autograd import _add_grad, _astype, unbroadcast
-from .nn.module import Module
 from .ops import PRIMITIVES, is_elementwise_ufunc
 from .optim import Optimizer
 from .tape import JitError, is_model_tensor
 from .tensor import Tensor, _to_array
 
 STALE = object()  # what a replay returns when a guard failed: nothing was run
-
 
 
 def _gradient_sum_in_place(out, x, y):  # autograd's prev + pg
@@ -117,7 +115,7 @@ def compile_replay(first, second, first_out, out_spec, arg_kinds, fn, args):
     body = []
     last_use = {}
     for k, (_, spec, kwspec, _) in enumerate(second.instrs):
-        for reg in _registers(spec) + _registers(tuple(s for _, s in kwspec)):
+        for reg in _registers(_operands(spec, kwspec)):
             last_use[reg] = k
     kept = set(_registers((out_spec,)))
     dies_after = {}  # instruction -> registers read for the last time there
@@ -154,9 +152,11 @@ def compile_replay(first, second, first_out, out_spec, arg_kinds, fn, args):
                           f"{name}.data.shape != {tensor.data.shape!r} or "
                           f"{name}.data.strides != {tensor.data.strides!r} or "
                           f"{name}.requires_grad is not {bool(tensor.requires_grad)}")
-    for holder, read, value in _free_variables(fn):
+    free = _free_variables(fn)
+    for holder, read, value in free:
         guards.append(f"{read.format(bind('H', holder))} is not {bind('O', value)}")
-    guards += _identity_guards(second, args, arg_kinds, names, ns, objects, bind, fn)
+    named = [value for _, _, value in free]
+    guards += _identity_guards(second, args, arg_kinds, names, ns, objects, bind, named)
     head = [f"    d{i} = a{i}.data" if kind == "tensor" else f"    d{i} = a{i}"
             for i, kind in enumerate(arg_kinds) if kind in ("tensor", "array")]
     if guards:
@@ -172,36 +172,31 @@ def compile_replay(first, second, first_out, out_spec, arg_kinds, fn, args):
     return replay
 
 
-def _identity_guards(second, args, arg_kinds, names, ns, objects, bind, fn):
+def _identity_guards(second, args, arg_kinds, names, ns, objects, bind, named):
     """Guards on which tensors the arguments and the optimizers' parameters are.
 
     The tape knows a tensor argument only as "the i-th argument", also where the step reached
     the same tensor another way (a model's own weight or buffer passed in). So an argument must
     not be one of the tensors the replay reads live; and one that was the model's at capture
-    must be that very tensor at every call: a parameter or buffer of a module (the step's or
-    any: ``is_model_tensor``), a tensor an optimizer of the step holds, or one the step hands
-    to a call that changes it
-    (zero_grad, batch norm's running statistics). A fresh input each call, wrapped in a Tensor
-    or given a gradient, is none of these. An optimizer's parameter list must hold the same
-    tensors: its updates and zero_grad() were recorded per parameter."""
+    must be that very tensor at every call: a parameter or buffer of any module
+    (``is_model_tensor``), a tensor an optimizer of the step holds, or one the step hands to a
+    call that changes it (zero_grad, batch norm's running statistics). A fresh input each call,
+    wrapped in a Tensor or given a gradient, is none of these. An optimizer's parameter list
+    must hold the same tensors: its updates and zero_grad() were recorded per parameter.
+    ``named``: the values of the variables the step names (its closure and globals)."""
     persistent = [ns[name] for key, name in names.items() if key[0] == "X"]
     optimizers = [o for o in objects.values() if isinstance(o, Optimizer)]
-    named = [value for _, _, value in _free_variables(fn)]
     optimizers += [o for o in named if isinstance(o, Optimizer) and o not in optimizers]
-    models = {id(p) for o in optimizers for p in o.params}
-    for m in named:
-        if isinstance(m, Module):
-            models.update(id(t) for t in m.parameters() + m.buffers())
+    held = {id(p) for o in optimizers for p in o.params}
     changed = set()
     for f, spec, kwspec, _ in second.instrs:
         if f is not _add_grad and f is not _to_array:  # those read or give a gradient only
-            changed.update(s[1] for s in _flat_specs(spec + tuple(s for _, s in kwspec))
-                           if s[0] == "arg")
+            changed.update(s[1] for s in _flat_specs(_operands(spec, kwspec)) if s[0] == "arg")
     guards = []
     for i, (kind, a) in enumerate(zip(arg_kinds, args)):
         if kind != "tensor":
             continue
-        if id(a) in models or i in changed or is_model_tensor(a):
+        if id(a) in held or i in changed or is_model_tensor(a):
             guards.append(f"a{i} is not {bind('O', a)}")
         elif persistent:
             guards.append(f"id(a{i}) in {bind('C', frozenset(map(id, persistent)))}")
@@ -210,6 +205,11 @@ def _identity_guards(second, args, arg_kinds, names, ns, objects, bind, fn):
         guards.append(f"len({name}.params) != {len(o.params)} or not all(map(IS, {name}.params, "
                       f"{bind('C', tuple(o.params))}))")
     return guards
+
+
+def _operands(spec, kwspec):
+    """An instruction's argument specs, positional and keyword, as one tuple."""
+    return spec + tuple(s for _, s in kwspec)
 
 
 def _flat_specs(specs):
@@ -259,7 +259,7 @@ def _donations(first, second, last_use, kept):
                 readers.setdefault(root[s[1]], []).append(f)
             else:
                 blocked.update(root[r] for r in _registers((s,)))
-        blocked.update(root[r] for r in _registers(tuple(s for _, s in kwspec)))
+        blocked.update(root[r] for r in _registers(_operands((), kwspec)))
     # Registers whose memory layout may differ from the capture's: results of calls given an
     # object (``o``, compared by identity: what is inside is not guarded) and everything
     # computed from them. _add_grad(t, g) keeps g itself (any layout) or makes t.grad + g (C
@@ -267,8 +267,8 @@ def _donations(first, second, last_use, kept):
     # layout. An op writing into an array must see the layouts of the capture.
     unstable = set()
     for f, spec, kwspec, reg in second.instrs:
-        specs = spec + tuple(s for _, s in kwspec)
-        if reg is not None and (_has_object(specs) or any(
+        specs = _operands(spec, kwspec)
+        if reg is not None and (any(s[0] == "o" for s in _flat_specs(specs)) or any(
                 root[r] in unstable for r in _registers(specs))):
             unstable.add(root[reg])
     for reg, k in last_use.items():
@@ -302,15 +302,6 @@ def _donations(first, second, last_use, kept):
                 out[k] = s[1]
                 break
     return out
-
-
-def _has_object(specs):
-    """Whether any of ``specs`` (nested in tuples and lists too) is an object (``o``)."""
-    for s in specs:
-        if type(s) is tuple and s and (s[0] == "o" or s[0] in ("t", "l") and _has_object(s[1])
-                                       or s[0] == "tensor" and _has_object((s[1],))):
-            return True
-    return False
 
 
 def _hashable(f):

@@ -98,7 +98,7 @@ class Tape:
     @staticmethod
     def current():
         """The tape recording in this thread, or None."""
-        return getattr(_LOCAL, "tape", None)
+        return getattr(_LOCAL, "tape", None) if Tape.recording else None
 
     def start(self):
         """Record this thread's array work on this tape, until ``stop()``."""
@@ -316,15 +316,15 @@ _OP_PARTS = {}
 def run(fn, *args, **kwargs):
     """``fn(*args, **kwargs)``, written on the active tape if there is one: for the places that
     compute arrays outside ops (an optimizer update, running statistics, a loss's targets)."""
-    tape = Tape.recording and Tape.current()
-    if not tape:
+    tape = Tape.current()
+    if tape is None:
         return fn(*args, **kwargs)
     return tape.call(fn, args, kwargs)
 
 
 def refuse(what):
     """Raise if a tape is recording: ``what`` would be frozen into every replay."""
-    if Tape.recording and Tape.current() is not None:
+    if Tape.current() is not None:
         raise JitError(f"{what} inside a jit step: the value would be read once, at capture, "
                        f"and frozen into every replay. Return the tensor from the step and read "
                        f"it outside")

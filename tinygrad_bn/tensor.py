@@ -111,8 +111,8 @@ class Tensor:
     def detach(self):
         """The same data, cut from the graph (no gradient flows through it)."""
         out = Tensor._wrap(self.data)
-        tape = Tape.recording and Tape.current()
-        if tape:  # a jit replay reads self.data, which may be replaced
+        tape = Tape.current()
+        if tape is not None:  # a jit replay reads self.data, which may be replaced
             tape.alias(out, self)
         return out
 
@@ -358,7 +358,8 @@ def _apply(op, *inputs, **attrs):
     """Run ``op``'s numpy forward and record it in the graph (``autograd.record`` decides)."""
     try:
         # Spelled out for one and two inputs: this line runs for every operation.
-        if Tape.recording and Tape.current():  # jit is capturing this step in this thread
+        # Tape.recording first: one attribute read when no step is captured anywhere.
+        if Tape.recording and Tape.current() is not None:  # capturing in this thread
             out = Tape.current().forward(op, inputs, attrs)
         elif len(inputs) == 2:
             out = op.forward(inputs[0].data, inputs[1].data, **attrs)
@@ -464,8 +465,7 @@ def _index_arg(index):
         index = index.data
     if isinstance(index, list):
         index = run(np.asarray, index)
-    if isinstance(index, np.ndarray) and index.dtype.kind == "b" and Tape.recording \
-            and Tape.current():
+    if isinstance(index, np.ndarray) and index.dtype.kind == "b" and Tape.current() is not None:
         raise JitError("indexing with a boolean mask inside a jit step: the result's shape "
                        "depends on the mask's values, which a replay cannot follow")
     if isinstance(index, np.ndarray) and index.dtype.kind == "f":

@@ -1,5 +1,7 @@
 """Every primitive of the op table: forward vs numpy, gradient vs float64 central differences,
 dtypes, broadcasting, reductions. Driven by ops.PRIMITIVES and samples.SAMPLES."""
+import itertools
+
 import numpy as np
 import pytest
 from conftest import numeric_vjp
@@ -263,6 +265,39 @@ def test_sum_to_and_mul_sum_to_equal_numpy_broadcast_sums(shapes, seed):
                                    .reshape(shape), rtol=1e-12, atol=1e-12)
     f32 = a.astype(np.float32)
     assert ops.mul_sum_to(f32, f32, shapes[1]).dtype == np.float32
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16, np.int64])
+@pytest.mark.parametrize("shape", [(60, 100), (5, 3, 4), (7, 1), (1, 4), (0, 3), (3, 0), (6,)])
+def test_reduce_sum_equals_numpy_for_every_axis_layout_and_dtype(shape, dtype, rng):
+    x = (rng.standard_normal(shape) * 10).astype(dtype)
+    layouts = {"C": x, "F": np.asfortranarray(x), "view": x[::-1]}
+    for layout, a in layouts.items():
+        for k in range(1, a.ndim + 1):
+            for axis in itertools.combinations(range(a.ndim), k):
+                for keepdims in (True, False):
+                    got = ops.reduce_sum(a, axis, keepdims)
+                    want = np.add.reduce(a, axis, keepdims=keepdims)
+                    assert got.shape == want.shape and got.dtype == want.dtype, (layout, axis)
+                    tol = 1e-2 if dtype == np.float16 else 1e-5 if dtype == np.float32 else 1e-12
+                    np.testing.assert_allclose(got, want, rtol=tol, atol=tol * 10)
+
+
+def test_reduce_sum_over_the_batch_is_a_fresh_array_at_least_as_accurate_as_numpy(rng):
+    # The batch-axis sums of batch norm go through BLAS (ones @ x). The result must be an array
+    # of its own (a jit replay may write into it) and, in float32, no less accurate than
+    # numpy's row-after-row reduction, against a float64 sum of the same numbers.
+    x = (rng.standard_normal((4096, 64)) * 3 + 1).astype(np.float32)
+    exact = x.astype(np.float64).sum(axis=0)
+    ours = ops.reduce_sum(x, (0,), False)
+    numpy_error = np.abs(np.add.reduce(x, 0) - exact).mean()
+    assert np.abs(ours - exact).mean() <= numpy_error
+    for keepdims in (True, False):
+        assert ops.reduce_sum(x, (0,), keepdims).base is None
+    assert np.isnan(ops.reduce_sum(np.full((3, 2), np.nan), (0,), True)).all()
+    inf = np.array([[np.inf, 1.0], [-np.inf, 2.0]])
+    with np.errstate(invalid="ignore"):  # inf - inf: both warn, both give NaN
+        np.testing.assert_array_equal(ops.reduce_sum(inf, (0,), False), np.add.reduce(inf, 0))
 
 
 class _ShapeOnly:

@@ -197,6 +197,10 @@ def mul_sum_to(a, b, shape):
     full-size product (einsum): the gradient of a broadcast factor such as batch norm's γ."""
     if type(a) is not np.ndarray or type(b) is not np.ndarray or a.shape != b.shape:
         return sum_to(a * b, shape)
+    if a.size <= 8192 and a.dtype == b.dtype:
+        # Small (batch norm at batch 60): the product and reduce_sum's BLAS row sum beat
+        # einsum (2.0 vs 2.9 µs at (60, 100), measured), for a temporary of at most 64 KB.
+        return sum_to(a * b, shape)
     plan = _EINSUM_PLANS.get((a.shape, shape))
     if plan is None:
         axes, _ = _broadcast_plan(a.shape, shape)

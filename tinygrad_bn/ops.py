@@ -116,9 +116,13 @@ def _expand_strides(g, shape):
 def compact(g):
     """The array a broadcast view ``g`` repeats (its zero-stride axes cut to length 1), or
     None if ``g`` is not one (or not an ndarray)."""
-    if type(g) is not np.ndarray or 0 not in g.strides:
+    if type(g) is not np.ndarray:
         return None
-    return g[tuple(slice(0, 1) if s == 0 else slice(None) for s in g.strides)]
+    index = _COMPACT_INDEX.get(g.strides)
+    if index is None:  # () for an array without zero strides
+        index = _cached(_COMPACT_INDEX, g.strides, tuple(
+            slice(0, 1) if s == 0 else slice(None) for s in g.strides) if 0 in g.strides else ())
+    return g[index] if index else None
 
 
 def scatter_add(g, index, shape):
@@ -139,10 +143,22 @@ def sum_to(g, shape):
     """
     if g.shape == shape:
         return g
-    axes, keepdims = _broadcast_plan(g.shape, shape)
-    if axes:
-        g = reduce_sum(g, axes, keepdims) if type(g) is np.ndarray \
-            else g.sum(axis=axes, keepdims=keepdims)
+    if type(g) is np.ndarray:
+        key = (g.shape, shape, g.dtype)
+        plan = _SUM_TO_PLANS.get(key)
+        if plan is None:
+            axes, keepdims = _broadcast_plan(g.shape, shape)
+            plan = _cached(_SUM_TO_PLANS, key,
+                           (axes, keepdims, _row_sum_plan(g.shape, axes, shape, g.dtype)))
+        axes, keepdims, rows = plan
+        if rows and g.flags.c_contiguous:
+            return _row_sum(g, rows)
+        if axes:
+            g = np.add.reduce(g, axes, None, None, keepdims)
+    else:  # a Tensor (a recorded backward): its own method
+        axes, keepdims = _broadcast_plan(g.shape, shape)
+        if axes:
+            g = g.sum(axis=axes, keepdims=keepdims)
     if g.shape != shape and g.size == math.prod(shape):
         g = g.reshape(shape)
     return g
@@ -159,19 +175,26 @@ def reduce_sum(x, axis, keepdims):
     """
     if type(x) is np.ndarray:
         key = (x.shape, axis, keepdims, x.dtype)
-        plan = _ROW_SUM_PLANS.get(key)
-        if plan is None:
-            plan = _cached(_ROW_SUM_PLANS, key, _row_sum_plan(*key))
-        if plan and x.flags.c_contiguous:
-            ones, rows_shape, out_shape = plan
-            total = np.dot(ones, x.reshape(rows_shape))
-            return total if out_shape is None else total.reshape(out_shape)
+        rows = _ROW_SUM_PLANS.get(key)
+        if rows is None:
+            out_shape = keepdims_shape(x.shape, axis) if keepdims else \
+                tuple(n for i, n in enumerate(x.shape) if i not in axis)
+            rows = _cached(_ROW_SUM_PLANS, key, _row_sum_plan(x.shape, axis, out_shape, x.dtype))
+        if rows and x.flags.c_contiguous:
+            return _row_sum(x, rows)
     # ufunc.reduce skips the Python layer of ndarray.sum
     return np.add.reduce(x, axis, None, None, keepdims)
 
 
-def _row_sum_plan(shape, axis, keepdims, dtype):
-    """(ones, 2-D shape, result shape) if summing ``shape`` over ``axis`` is ones @ x, else ().
+def _row_sum(x, plan):
+    ones, rows_shape, out_shape = plan
+    total = np.dot(ones, x.reshape(rows_shape))
+    return total if out_shape is None else total.reshape(out_shape)
+
+
+def _row_sum_plan(shape, axis, out_shape, dtype):
+    """(ones, 2-D shape, result shape) if summing ``shape`` over ``axis`` into ``out_shape`` is
+    ones @ x, else ().
 
     The result shape is None where the product has it already: (C,), or (1, C) from a (1, rows)
     row of ones. Then the sum is an array of its own, not a view (a jit replay may reuse it).
@@ -179,9 +202,8 @@ def _row_sum_plan(shape, axis, keepdims, dtype):
     k = len(axis)
     rows, cols = math.prod(shape[:k]), math.prod(shape[k:])
     if not (0 < k < len(shape) and axis[-1] == k - 1 and rows > 1 and cols
-            and dtype in (np.float32, np.float64)):
+            and math.prod(out_shape) == cols and dtype in (np.float32, np.float64)):
         return ()
-    out_shape = (1,) * k + shape[k:] if keepdims else shape[k:]
     if out_shape == (cols,):
         ones, out_shape = np.ones(rows, dtype), None
     elif out_shape == (1, cols):
@@ -212,7 +234,8 @@ def mul_sum_to(a, b, shape):
 
 
 # (gradient shape, operand shape) -> plan: a training loop meets the same few shapes.
-_BROADCAST_PLANS, _EINSUM_PLANS, _EXPAND_STRIDES, _ROW_SUM_PLANS = {}, {}, {}, {}
+_BROADCAST_PLANS, _EINSUM_PLANS, _EXPAND_STRIDES = {}, {}, {}
+_ROW_SUM_PLANS, _SUM_TO_PLANS, _COMPACT_INDEX = {}, {}, {}
 
 
 def _cached(cache, key, value):
@@ -306,7 +329,7 @@ def _div_vjp_y(g, out, x, y):
     # product. A full-size divisor is divided twice instead of squared, so y² cannot overflow;
     # on Tensors the in-place operators fall back to recorded ones, so the rule still records.
     if y.shape != g.shape:
-        return mul_sum_to(g, x, y.shape) * (-1 / (y * y))
+        return mul_sum_to(g, x, y.shape) / (y * -y)
     grad = g * x
     grad /= y
     grad /= -y

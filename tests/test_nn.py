@@ -108,10 +108,33 @@ def test_cross_entropy_errors_and_values():
     np.testing.assert_allclose(F.cross_entropy(logits, [0, 2]).item(), expected)
     with pytest.raises(ValueError, match=r"target 3 at index 1 is out of range for 3 classes"):
         F.cross_entropy(logits, [0, 3])
+    with pytest.raises(ValueError, match=r"target -1 at index 0 is out of range for 3 classes"):
+        F.cross_entropy(logits, [-1, 0])  # numpy would take -1 as the last class
     with pytest.raises(ValueError, match=r"shape \(2,\)"):
         F.cross_entropy(logits, [0, 1, 2])
     with pytest.raises(ValueError, match="reduction"):
         F.cross_entropy(logits, [0, 1], reduction="avg")
+
+
+@pytest.mark.parametrize("classes", [3, 2000])  # a cached identity's rows, and without cache
+def test_cross_entropy_picks_each_target_and_refuses_bad_ones(classes, rng):
+    logits = rng.standard_normal((5, classes))
+    targets = np.array([0, classes - 1, 1, 1, 2])
+    log_p = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    loss = Tensor(logits, requires_grad=True)
+    out = F.cross_entropy(loss, targets)
+    np.testing.assert_allclose(out.item(), -log_p[np.arange(5), targets].mean(), rtol=1e-12)
+    out.backward()
+    # d/dlogits = (softmax - onehot) / n: the one-hot's rows are each target's, once
+    onehot = np.zeros((5, classes))
+    onehot[np.arange(5), targets] = 1
+    np.testing.assert_allclose(loss.grad.data, (np.exp(log_p) - onehot) / 5, atol=1e-12)
+    for bad, where in (([0, 1, classes, 0, 0], f"target {classes} at index 2"),
+                       ([0, 1, 2, 0, -3], "target -3 at index 4")):
+        with pytest.raises(ValueError, match=where):
+            F.cross_entropy(Tensor(logits), np.array(bad))
+    # a second call still sees a clean identity (the one-hot handed out is a copy)
+    np.testing.assert_allclose(F.cross_entropy(Tensor(logits), targets).item(), out.item())
 
 
 def test_sgd_momentum_and_weight_decay_rule():

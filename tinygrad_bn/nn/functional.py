@@ -112,14 +112,36 @@ def _one_hot_targets(targets, n, c, dtype):
         t = t.astype(np.intp)
     elif t.dtype.kind not in "iu":
         raise TypeError(f"cross_entropy: targets must be integer class indices, got {t.dtype}")
-    # Two reductions find out whether any target is bad; only then is the first one located.
-    if t.size and (np.minimum.reduce(t) < 0 or np.maximum.reduce(t) >= c):
-        i = int(np.argmax((t < 0) | (t >= c)))
-        raise ValueError(f"cross_entropy: target {int(t[i])} at index {i} is out of range "
-                         f"for {c} classes (valid: 0..{c - 1})")
-    onehot = np.zeros((n, c), dtype=dtype)
-    onehot[np.arange(n), t] = 1
-    return onehot
+    if c <= _EYE_MAX_CLASSES:
+        # Rows of a cached identity: one take, which refuses targets >= c itself (a negative
+        # one it would wrap around, hence the one reduction).
+        if not (t.size and np.minimum.reduce(t) < 0):
+            try:
+                return _eye(c, dtype).take(t, axis=0)
+            except IndexError:
+                pass
+    elif not (t.size and (np.minimum.reduce(t) < 0 or np.maximum.reduce(t) >= c)):
+        onehot = np.zeros((n, c), dtype=dtype)
+        onehot[np.arange(n), t] = 1
+        return onehot
+    i = int(np.argmax((t < 0) | (t >= c)))
+    raise ValueError(f"cross_entropy: target {int(t[i])} at index {i} is out of range "
+                     f"for {c} classes (valid: 0..{c - 1})")
+
+
+_EYE_MAX_CLASSES = 1024  # an identity of 1024 classes is 8 MB in float64; larger: no cache
+_EYES = {}
+
+
+def _eye(c, dtype):
+    eye = _EYES.get((c, dtype))
+    if eye is None:
+        eye = np.eye(c, dtype=dtype)
+        eye.flags.writeable = False
+        if len(_EYES) > 16:
+            _EYES.clear()
+        _EYES[(c, dtype)] = eye
+    return eye
 
 
 def mse_loss(input, target, reduction="mean"):

@@ -130,7 +130,9 @@ def test_cross_entropy_picks_each_target_and_refuses_bad_ones(classes, rng):
     onehot[np.arange(5), targets] = 1
     np.testing.assert_allclose(loss.grad.data, (np.exp(log_p) - onehot) / 5, atol=1e-12)
     for bad, where in (([0, 1, classes, 0, 0], f"target {classes} at index 2"),
-                       ([0, 1, 2, 0, -3], "target -3 at index 4")):
+                       ([0, 1, 2, 0, -3], "target -3 at index 4"),
+                       (np.array([0, 1, 2, 2**64 - 1, 0], dtype=np.uint64),  # -1 stored unsigned
+                        f"target {2**64 - 1} at index 3")):
         with pytest.raises(ValueError, match=where):
             F.cross_entropy(Tensor(logits), np.array(bad))
     # a second call still sees a clean identity (the one-hot handed out is a copy)

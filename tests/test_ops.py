@@ -300,6 +300,17 @@ def test_reduce_sum_over_the_batch_is_a_fresh_array_at_least_as_accurate_as_nump
         np.testing.assert_array_equal(ops.reduce_sum(inf, (0,), False), np.add.reduce(inf, 0))
 
 
+def test_reduce_sum_caches_stay_small_whatever_the_batch_sizes():
+    # Each cached plan holds a ones vector; they are views of one vector per dtype, capped, so
+    # many distinct batch sizes (or one huge one, which numpy reduces) cost no more memory.
+    for n in list(range(2, 400, 7)) + [ops._MAX_ROWS, ops._MAX_ROWS + 1, 3 * ops._MAX_ROWS]:
+        x = np.arange(n * 2, dtype=np.float64).reshape(n, 2)
+        np.testing.assert_array_equal(ops.reduce_sum(x, (0,), True), x.sum(axis=0, keepdims=True))
+    for dtype, ones in ops._ONES.items():
+        whole = ones if ones.base is None else ones.base
+        assert whole.nbytes <= ops._MAX_ROWS * dtype.itemsize and not ones.flags.writeable
+
+
 class _ShapeOnly:
     """What a rule gets for an input its op does not declare in ``reads``: just a shape."""
 

@@ -201,17 +201,31 @@ def _row_sum_plan(shape, axis, out_shape, dtype):
     """
     k = len(axis)
     rows, cols = math.prod(shape[:k]), math.prod(shape[k:])
-    if not (0 < k < len(shape) and axis[-1] == k - 1 and rows > 1 and cols
+    if not (0 < k < len(shape) and axis[-1] == k - 1 and 1 < rows <= _MAX_ROWS and cols
             and math.prod(out_shape) == cols and dtype in (np.float32, np.float64)):
         return ()
+    ones = _ones(rows, dtype)
     if out_shape == (cols,):
-        ones, out_shape = np.ones(rows, dtype), None
+        out_shape = None
     elif out_shape == (1, cols):
-        ones, out_shape = np.ones((1, rows), dtype), None
-    else:
-        ones = np.ones(rows, dtype)
-    ones.flags.writeable = False
+        ones, out_shape = ones.reshape(1, rows), None
     return ones, (rows, cols), out_shape
+
+
+# Batches, not datasets: beyond this many rows numpy reduces (the plans' ones vectors, views of
+# one vector per dtype, stay below 2 x 512 KB however many shapes are cached).
+_MAX_ROWS = 1 << 16
+_ONES = {}
+
+
+def _ones(n, dtype):
+    """A read-only view of n ones, cut from one vector per dtype that grows by doubling."""
+    ones = _ONES.get(dtype)
+    if ones is None or ones.size < n:
+        ones = np.ones(min(max(n, 2 * (0 if ones is None else ones.size), 256), _MAX_ROWS), dtype)
+        ones.flags.writeable = False
+        _ONES[dtype] = ones
+    return ones[:n]
 
 
 def mul_sum_to(a, b, shape):

@@ -113,9 +113,11 @@ def _one_hot_targets(targets, n, c, dtype):
     elif t.dtype.kind not in "iu":
         raise TypeError(f"cross_entropy: targets must be integer class indices, got {t.dtype}")
     if c <= _EYE_MAX_CLASSES:
-        # Rows of a cached identity: one take, which refuses targets >= c itself (a negative
-        # one it would wrap around, hence the one reduction).
-        if not (t.size and np.minimum.reduce(t) < 0):
+        # Rows of a cached identity: one take, which refuses targets >= c itself but wraps a
+        # negative one around, hence one reduction. An unsigned target beyond 2**63 take reads
+        # as negative too, so unsigned targets are checked against c instead.
+        if not (t.size and (np.maximum.reduce(t) >= c if t.dtype.kind == "u"
+                            else np.minimum.reduce(t) < 0)):
             try:
                 return _eye(c, dtype).take(t, axis=0)
             except IndexError:

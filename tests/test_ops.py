@@ -151,6 +151,19 @@ def test_log_softmax_is_stable_for_large_logits():
     assert np.all(np.isfinite(x.grad.data))
 
 
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_relu_gives_numpys_bits_for_signed_zeros_nan_and_inf(dtype):
+    # relu's forward compares against a vector of zeros (faster than the scalar 0): the same bits
+    values = [-0.0, 0.0, -1.5, 2.5, np.nan, -np.inf, np.inf]
+    for shape in [(len(values),), (3, len(values)), (2, 3, len(values))]:
+        x = np.broadcast_to(np.array(values, dtype=dtype), shape).copy()
+        want = np.maximum(x, 0)
+        for got in (Tensor(x).relu().data, ops.RELU.into(np.empty_like(x), x)):
+            assert got.dtype == want.dtype and got.tobytes() == want.tobytes()
+    big = np.full(ops._MAX_ROWS + 1, -2.0, dtype)  # beyond the cached zeros: the scalar form
+    assert (Tensor(big).relu().data == 0).all()
+
+
 def test_sigmoid_is_stable_in_both_tails():
     x = Tensor(np.array([-800.0, -40.0, 0.0, 40.0, 800.0]))
     s = x.sigmoid().data
@@ -306,9 +319,9 @@ def test_reduce_sum_caches_stay_small_whatever_the_batch_sizes():
     for n in list(range(2, 400, 7)) + [ops._MAX_ROWS, ops._MAX_ROWS + 1, 3 * ops._MAX_ROWS]:
         x = np.arange(n * 2, dtype=np.float64).reshape(n, 2)
         np.testing.assert_array_equal(ops.reduce_sum(x, (0,), True), x.sum(axis=0, keepdims=True))
-    for dtype, ones in ops._ONES.items():
-        whole = ones if ones.base is None else ones.base
-        assert whole.nbytes <= ops._MAX_ROWS * dtype.itemsize and not ones.flags.writeable
+    for (_, dtype), vector in ops._FILLED.items():
+        assert vector.base is None and not vector.flags.writeable
+        assert vector.nbytes <= ops._MAX_ROWS * dtype.itemsize
 
 
 class _ShapeOnly:

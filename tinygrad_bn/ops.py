@@ -212,20 +212,28 @@ def _row_sum_plan(shape, axis, out_shape, dtype):
     return ones, (rows, cols), out_shape
 
 
-# Batches, not datasets: beyond this many rows numpy reduces (the plans' ones vectors, views of
-# one vector per dtype, stay below 2 x 512 KB however many shapes are cached).
+# Batches, not datasets: beyond this many rows numpy reduces. The plans' ones are views of one
+# vector per dtype (see _filled), so they stay below 2 x 512 KB however many shapes are cached.
 _MAX_ROWS = 1 << 16
-_ONES = {}
 
 
 def _ones(n, dtype):
-    """A read-only view of n ones, cut from one vector per dtype that grows by doubling."""
-    ones = _ONES.get(dtype)
-    if ones is None or ones.size < n:
-        ones = np.ones(min(max(n, 2 * (0 if ones is None else ones.size), 256), _MAX_ROWS), dtype)
-        ones.flags.writeable = False
-        _ONES[dtype] = ones
-    return ones[:n]
+    return _filled(1, n, dtype)
+
+
+def _filled(value, n, dtype):
+    """A read-only view of n copies of ``value`` (n <= _MAX_ROWS), cut from one vector per
+    (value, dtype) that grows by doubling: the memory is that of the longest asked for."""
+    vector = _FILLED.get((value, dtype))
+    if vector is None or vector.size < n:
+        size = min(max(n, 2 * (0 if vector is None else vector.size), 256), _MAX_ROWS)
+        vector = np.full(size, value, dtype)
+        vector.flags.writeable = False
+        _FILLED[(value, dtype)] = vector
+    return vector[:n]
+
+
+_FILLED = {}
 
 
 def mul_sum_to(a, b, shape):
@@ -421,9 +429,18 @@ LOG = Op("log", np.log,
 
 # relu'(0) is taken as 0, as PyTorch does. The rule reads the output (out > 0 exactly where
 # x > 0), which the next layer keeps anyway: the input need not stay alive for backward.
-RELU = Op("relu", lambda x: np.maximum(x, 0),
+def _relu(x, out=None):
+    # Against a vector of zeros, not the scalar 0: numpy's fast loop for maximum needs both
+    # operands to advance, so the scalar form is 2.8x slower for float32 (256, 512) and 1.5x
+    # for float64 (measured, numpy 2.4.6). The same bits, -0.0 and NaN included.
+    if type(x) is np.ndarray and 0 < x.ndim and x.shape[-1] <= _MAX_ROWS:
+        return np.maximum(x, _filled(0, x.shape[-1], x.dtype), out=out)
+    return np.maximum(x, 0, out=out)
+
+
+RELU = Op("relu", _relu,
           lambda g, out, x: g * (out > 0),
-          reads=("out",), into=lambda out, x: np.maximum(x, 0, out=out),
+          reads=("out",), into=lambda out, x: _relu(x, out),
           vjps_into=(lambda dst, g, out, x: np.multiply(g, out > 0, out=dst),))
 
 

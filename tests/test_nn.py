@@ -116,7 +116,7 @@ def test_cross_entropy_errors_and_values():
         F.cross_entropy(logits, [0, 1], reduction="avg")
 
 
-@pytest.mark.parametrize("classes", [3, 2000])  # a cached identity's rows, and without cache
+@pytest.mark.parametrize("classes", [3, 256, 257, 2000])  # rows of a cached identity, or not
 def test_cross_entropy_picks_each_target_and_refuses_bad_ones(classes, rng):
     logits = rng.standard_normal((5, classes))
     targets = np.array([0, classes - 1, 1, 1, 2])

@@ -131,7 +131,9 @@ def _one_hot_targets(targets, n, c, dtype):
                      f"for {c} classes (valid: 0..{c - 1})")
 
 
-_EYE_MAX_CLASSES = 1024  # an identity of 1024 classes is 8 MB in float64; larger: no cache
+# An identity of 256 classes is 512 KB in float64, and at most 8 are kept; more classes: no
+# cache (zeros and a scatter instead).
+_EYE_MAX_CLASSES = 256
 _EYES = {}
 
 
@@ -140,7 +142,7 @@ def _eye(c, dtype):
     if eye is None:
         eye = np.eye(c, dtype=dtype)
         eye.flags.writeable = False
-        if len(_EYES) > 16:
+        if len(_EYES) >= 8:
             _EYES.clear()
         _EYES[(c, dtype)] = eye
     return eye

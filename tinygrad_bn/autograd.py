@@ -320,7 +320,8 @@ def _backward(root, grad, retain_graph, create_graph, wrap):
             if not p.requires_grad:
                 continue
             if tape is None:
-                pg = op.vjps[i](g, out, *arrays, **attrs)
+                pg = op.vjps[i](g, out, *arrays, **attrs) if attrs else \
+                    op.vjps[i](g, out, *arrays)
             else:  # only what this rule reads, so a replay can free the rest before it runs
                 pg = tape.call(op.vjps[i], (g, out, *_shape_only(arrays, op.vjp_reads[i])),
                                attrs)

@@ -204,7 +204,7 @@ def _row_sum_plan(shape, axis, out_shape, dtype):
     if not (0 < k < len(shape) and axis[-1] == k - 1 and 1 < rows <= _MAX_ROWS and cols
             and math.prod(out_shape) == cols and dtype in (np.float32, np.float64)):
         return ()
-    ones = _ones(rows, dtype)
+    ones = _filled(1, rows, dtype)
     if out_shape == (cols,):
         out_shape = None
     elif out_shape == (1, cols):
@@ -215,10 +215,6 @@ def _row_sum_plan(shape, axis, out_shape, dtype):
 # Batches, not datasets: beyond this many rows numpy reduces. The plans' ones are views of one
 # vector per dtype (see _filled), so they stay below 2 x 512 KB however many shapes are cached.
 _MAX_ROWS = 1 << 16
-
-
-def _ones(n, dtype):
-    return _filled(1, n, dtype)
 
 
 def _filled(value, n, dtype):
@@ -436,11 +432,13 @@ def _relu(x, out=None):
     # long enough to pay for the loop's restart at every row (float32 from 64, float64 from
     # 128: at 16 the vector form is 3x slower), and not for float16 (no fast loop either way).
     if type(x) is np.ndarray and x.ndim:
-        n, dtype = x.shape[-1], x.dtype
-        if (64 <= n <= _MAX_ROWS and dtype == np.float32) or \
-                (128 <= n <= _MAX_ROWS and dtype == np.float64):
-            return np.maximum(x, _filled(0, n, dtype), out=out)
+        n, shortest = x.shape[-1], _RELU_SHORTEST_ROW.get(x.dtype)
+        if shortest is not None and shortest <= n <= _MAX_ROWS:
+            return np.maximum(x, _filled(0, n, x.dtype), out=out)
     return np.maximum(x, 0, out=out)
+
+
+_RELU_SHORTEST_ROW = {np.dtype(np.float32): 64, np.dtype(np.float64): 128}
 
 
 RELU = Op("relu", _relu,

@@ -112,20 +112,18 @@ def _one_hot_targets(targets, n, c, dtype):
         t = t.astype(np.intp)
     elif t.dtype.kind not in "iu":
         raise TypeError(f"cross_entropy: targets must be integer class indices, got {t.dtype}")
-    if c <= _EYE_MAX_CLASSES:
-        # Rows of a cached identity: one take, which refuses targets >= c itself but wraps a
-        # negative one around, hence one reduction. An unsigned target beyond 2**63 take reads
-        # as negative too, so unsigned targets are checked against c instead.
-        if not (t.size and (np.maximum.reduce(t) >= c if t.dtype.kind == "u"
-                            else np.minimum.reduce(t) < 0)):
-            try:
+    # numpy's indexing refuses a target >= c itself but wraps a negative one around (and reads
+    # an unsigned one beyond 2**63 as negative): one reduction finds those first.
+    if not (t.size and (np.maximum.reduce(t) >= c if t.dtype.kind == "u"
+                        else np.minimum.reduce(t) < 0)):
+        try:
+            if c <= _EYE_MAX_CLASSES:  # rows of a cached identity: one take
                 return _eye(c, dtype).take(t, axis=0)
-            except IndexError:
-                pass
-    elif not (t.size and (np.minimum.reduce(t) < 0 or np.maximum.reduce(t) >= c)):
-        onehot = np.zeros((n, c), dtype=dtype)
-        onehot[np.arange(n), t] = 1
-        return onehot
+            onehot = np.zeros((n, c), dtype=dtype)
+            onehot[np.arange(n), t] = 1
+            return onehot
+        except IndexError:
+            pass
     i = int(np.argmax((t < 0) | (t >= c)))
     raise ValueError(f"cross_entropy: target {int(t[i])} at index {i} is out of range "
                      f"for {c} classes (valid: 0..{c - 1})")

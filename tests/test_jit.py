@@ -634,7 +634,7 @@ def _donations(step, kind="in place"):
     """The names of the calls in the compiled replay that write into an array that dies."""
     import re
 
-    from tinygrad_bn.tape import describe
+    from tinygrad_bn.jit.tape import describe
     replay = next(iter(step._compiled.values()))[0]
     names = [describe(replay.__globals__[f]) for f in re.findall(r"\bF\d+\b", replay.source)]
     return [n for n in names if kind in n]

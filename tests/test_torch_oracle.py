@@ -12,6 +12,7 @@ torch = torch_or_skip()
 
 # The same computation as each sample, in PyTorch's own API.
 TORCH = {
+    "cast": lambda x: x.to(x.dtype, copy=True),
     "sqrt": lambda x: x.sqrt(), "exp": lambda x: x.exp(), "log": lambda x: x.log(),
     "relu": lambda x: x.relu(), "sigmoid": lambda x: x.sigmoid(), "tanh": lambda x: x.tanh(),
     "neg": lambda x: -x, "reshape": lambda x: x.reshape(4, 3),

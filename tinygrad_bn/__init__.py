@@ -2,7 +2,7 @@
 from . import nn, optim
 from .autograd import enable_grad, is_grad_enabled, no_grad
 from .gradcheck import GradcheckError, gradcheck
-from .replay import Jit, JitError, jit
+from .jit import Jit, JitError, jit
 from .tensor import Tensor
 
 __version__ = "0.1.0"

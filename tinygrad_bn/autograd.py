@@ -17,8 +17,7 @@ import weakref
 
 import numpy as np
 
-from .ops import sum_to
-from .tape import JitError, ShapeOnly, Tape, run
+from . import dispatch
 
 
 class Node:
@@ -39,16 +38,18 @@ class Node:
     name, grad, retains: the output tensor's name (labels the graph drawing), and its gradient
         when asked for with ``retain_grad()`` (``retains`` is a weak reference to that tensor,
         or True to keep it on the node, as the renderer does).
+    versions: the versions (``dispatch.version``) of the arrays it saved, when it was made
+        (None: all at version 0); backward refuses arrays written in place since.
     """
 
     __slots__ = ("op", "args", "out", "attrs", "scope", "seq", "shape", "dtype", "name", "grad",
-                 "retains")
+                 "retains", "versions")
     requires_grad = True  # a node exists only if an input needs a gradient
 
     def __init__(self, op, args, out, attrs, scope, seq, shape, dtype):
         self.op, self.args, self.out, self.attrs = op, args, out, attrs
         self.scope, self.seq, self.shape, self.dtype = scope, seq, shape, dtype
-        self.name = self.grad = self.retains = None
+        self.name = self.grad = self.retains = self.versions = None
 
     @property
     def parents(self):
@@ -155,20 +156,44 @@ def record(op, inputs, attrs, out):
     else:
         return None
     keep = mode.keep_values
-    if keep or op.reads_all:
+    reads = op.reads_inputs
+    if keep:
         args = inputs
     elif len(inputs) == 1:  # spelled out: this runs for every recorded operation
         t = inputs[0]
-        args = (t._ctx or t,)
-    elif op.reads_none:
-        args = tuple([t._ctx or t for t in inputs])
+        args = (t,) if reads[0] else (t._ctx or t,)
     else:
-        args = tuple([t if r else (t._ctx or t) for t, r in zip(inputs, op.reads_inputs)])
+        args = tuple([t if r else (t._ctx or t) for t, r in zip(inputs, reads)])
     shape = out.shape
     # One tuple per distinct shape: the graph keeps no extra object per op (see Node.args).
     shape = _SHAPES.get(shape) or _intern_shape(shape)
-    return Node(op, args, out if op.reads_out or keep else None, attrs, mode.scope, _next_seq(),
+    node = Node(op, args, out if op.reads_out or keep else None, attrs, mode.scope, _next_seq(),
                 shape, out.dtype)
+    if dispatch.has_versions():  # some array was written in place: remember what we saw
+        node.versions = _saved_versions(node)
+    return node
+
+
+def _saved_versions(node):
+    """The versions of the arrays ``node`` saved (inputs it reads, then its output)."""
+    arrays = [a.data for a, r in zip(node.args, node.op.reads_inputs) if r]
+    if node.out is not None:
+        arrays.append(node.out)
+    return tuple(dispatch.version(a) for a in arrays)
+
+
+def _check_versions(node):
+    """Refuse to differentiate with arrays written in place since ``node`` saved them."""
+    now = _saved_versions(node)
+    before = node.versions or (0,) * len(now)
+    if now != before:
+        k = next(k for k, (a, b) in enumerate(zip(before, now)) if a != b)
+        saved = [f"input {i}" for i, r in enumerate(node.op.reads_inputs) if r] + ["its output"]
+        raise RuntimeError(
+            f"one of the arrays needed for gradient computation has been modified by an "
+            f"in-place operation: {saved[k]} of '{node.op.name}' (shape {node.shape}) was at "
+            f"version {before[k]} when recorded and is now at version {now[k]}. Do the in-place "
+            f"update after backward(), or update a copy (x = x.clone()) instead")
 
 
 _SHAPES = {}
@@ -213,7 +238,7 @@ def toposort(root, grad_only=True):
     """
     start = root._ctx or root
     # A dict, not a set: leaves tie on ``seq`` and keep the order they were found in, the same
-    # for the same graph (a set's order depends on the nodes' addresses), so a jit tape agrees.
+    # for the same graph (a set's order depends on the nodes' addresses).
     seen = {start: None}
     stack = [start]
     pop, push = stack.pop, stack.append
@@ -232,135 +257,86 @@ def toposort(root, grad_only=True):
 _creation_order = operator.attrgetter("seq")
 
 
-def unbroadcast(g, shape, op_name):
-    """Sum ``g`` over the axes numpy broadcasting added, so it has ``shape`` again."""
-    g = sum_to(g, shape)
-    if g.shape != shape:
-        raise RuntimeError(f"backward of '{op_name}' produced a gradient of shape {g.shape} "
-                           f"for an input of shape {shape}")
-    return g
+def backward(root, grad, retain_graph=False, create_graph=False, inputs=None):
+    """Reverse-mode pass from tensor ``root`` with upstream gradient ``grad`` (root's shape).
 
-
-def backward(root, grad, retain_graph=False, create_graph=False):
-    """Reverse-mode pass from tensor ``root`` with upstream gradient ``grad`` (an array of root's
-    shape).
-
-    Gradients of intermediates live in a local dict and are dropped once used; leaf gradients
-    (and those of tensors that called ``retain_grad()``) are accumulated into ``.grad``. Unless
-    ``retain_graph``, each node releases what it saved as soon as its derivative has run, so
-    saved arrays are freed during the pass rather than after it.
-
-    With ``create_graph`` the derivative rules run on Tensors instead of arrays, so the
-    gradients are themselves recorded and can be differentiated again (higher order).
+    Visits the graph in reverse topological order; each node's gradient is complete when it is
+    reached, its derivative rules send a share to each input, broadcast axes are summed away
+    once, and shapes are checked. Gradients of intermediates live in a local dict. Without
+    ``inputs``, leaf gradients (and those asked for with ``retain_grad()``) are added into
+    ``.grad``; with ``inputs`` (vertices), nothing is stored and their gradients are returned
+    in a dict instead (``tinygrad_bn.grad``). Unless ``retain_graph``, each node frees what it
+    saved once its rules have run. With ``create_graph`` the rules run on Tensors, so the
+    gradients are recorded too and can be differentiated again (higher order).
     """
     wrap = root._wrap
     if create_graph:
+        grad = wrap(grad) if type(grad) is np.ndarray else grad
         with enable_grad():
-            return _backward(root, wrap(grad), True, True, wrap)
-    return _backward(root, grad, retain_graph, False, wrap)
+            return _backward(root, grad, retain_graph, True, inputs, wrap)
+    return _backward(root, grad, retain_graph, False, inputs, wrap)
 
 
-def _backward(root, grad, retain_graph, create_graph, wrap):
-    # jit is capturing in this thread: every array computed below goes on the tape
-    tape = Tape.current()
-    if tape is not None and create_graph:
-        raise JitError("backward(create_graph=True) inside a jit step is not supported")
+def _backward(root, grad, retain_graph, create_graph, inputs, wrap):
     order = toposort(root)
-    if tape is not None:
-        tape.backpropagated.update(order)
+    dispatch.backward_started(order, create_graph)
     grads = {order[-1]: grad}
-    # Vertices whose entry in ``grads`` is an array only this pass holds (a fresh result of a
-    # derivative rule): further contributions are added into it in place, saving an allocation.
-    owned = set()
-    # Buffers stored in some .grad during this pass, never to be stored twice; the caller's
-    # gradient counts as one, so a leaf gets a copy of it, never the caller's array itself.
+    found = {} if inputs is not None else None
+    # Arrays stored in some .grad during this pass: never stored twice (no two gradients share
+    # memory); the caller's gradient counts as one, so a leaf gets a copy of it.
     handed_out = {_buffer_id(grad)}
     while order:
         v = order.pop()
         g = grads.pop(v, None)
         if g is None:
             continue
-        if type(v) is not Node:  # a leaf
-            _store(v, g, v.data.dtype, create_graph, handed_out, wrap)
+        if found is not None:
+            if v in inputs:
+                found[v] = g
+            if type(v) is not Node:
+                continue
+        elif type(v) is not Node:  # a leaf
+            _store(v, g, create_graph, handed_out, wrap)
             continue
+        elif v.retains is not None:
+            holder = _grad_holder(v)
+            if holder is not None:  # else the tensor is gone: nobody can read its gradient
+                _store(holder, g, create_graph, handed_out, wrap)
         args = v.args
         if args is None:
             raise RuntimeError(
                 "backward through a graph whose saved values were already freed by an earlier "
                 "backward(); call backward(retain_graph=True) the first time if you need a "
                 "second pass")
-        if v.retains is not None:
-            holder = _grad_holder(v)
-            if holder is not None:  # else the tensor is gone: nobody can read its gradient
-                _store(holder, g, v.dtype, create_graph, handed_out, wrap)
-        op = v.op
-        if create_graph:
+        if dispatch.has_versions() or v.versions is not None:
+            _check_versions(v)
+        op, attrs, out = v.op, v.attrs, v.out
+        if create_graph:  # the rules get Tensors of this graph, to be differentiated again
             arrays = args
-            out = v.out
-            if out is not None:  # the output as a tensor of this graph, for second derivatives
+            if out is not None:
                 out = wrap(out, True)
                 out._ctx = v
         else:
-            reads = op.reads_inputs
-            if len(args) == 2:  # spelled out: this runs once per node of every graph
-                a, b = args
-                arrays = (a.data if reads[0] else a, b.data if reads[1] else b)
-            elif len(args) == 1:
-                arrays = (args[0].data,) if reads[0] else args
-            else:
-                arrays = saved_arrays(v)[1]
-            out = v.out
-        attrs = v.attrs
-        # Last input first: it is usually the broadcast one (γ, β, μ, √(σ²+ε), a bias), whose
-        # full-size temporary is summed down and freed before the first input's full-size
-        # gradient is allocated, one array less at the peak.
+            arrays = [a.data if r else a for a, r in zip(args, op.reads_inputs)]
+        # Last input first: it is usually the broadcast one (γ, β, μ, a bias), whose full-size
+        # temporary is summed down and freed before the first input's gradient is made.
         for i in range(len(args) - 1, -1, -1):
             a = args[i]
             p = a if type(a) is Node else (a._ctx or a)  # _parent(a), inlined
             if not p.requires_grad:
                 continue
-            if tape is None:
-                pg = op.vjps[i](g, out, *arrays, **attrs) if attrs else \
-                    op.vjps[i](g, out, *arrays)
-            else:  # only what this rule reads, so a replay can free the rest before it runs
-                pg = tape.call(op.vjps[i], (g, out, *_shape_only(arrays, op.vjp_reads[i])),
-                               attrs)
-            if type(p) is Node:
-                pshape, pdtype = p.shape, p.dtype
-            else:
-                pdata = p.data
-                pshape, pdtype = pdata.shape, pdata.dtype
-            if pg.shape != pshape:
-                pg = run(unbroadcast, pg, pshape, op.name)
-            if pg.dtype != pdtype and type(pg) is np.ndarray:
-                pg = run(_astype, pg, pdtype)
+            pg = dispatch.vjp(op, i, g, out, arrays, attrs)
+            shape, dtype = (p.shape, p.dtype) if type(p) is Node else (p.data.shape, p.data.dtype)
+            if pg.shape != shape:
+                pg = dispatch.unbroadcast(pg, shape, op.name)
+            if pg.dtype != dtype:
+                pg = dispatch.cast(pg, dtype)
             prev = grads.get(p)
-            if prev is None:
-                grads[p] = pg
-                if pg is not g and type(pg) is np.ndarray and pg.base is None:
-                    owned.add(p)
-            elif p in owned:
-                if tape is None:
-                    prev += pg
-                else:
-                    tape.call(operator.iadd, (prev, pg))
-            else:
-                grads[p] = run(operator.add, prev, pg)
-                if type(prev) is np.ndarray:
-                    owned.add(p)
+            grads[p] = pg if prev is None else dispatch.add(prev, pg)
         if not retain_graph:
             # Drop the saved arrays and the edges: a released node raises if reached again.
             v.args = v.out = None
-
-
-def _shape_only(arrays, reads):
-    # What a tape records for the inputs a rule does not read: their shape, not the array.
-    return [a if type(a) is np.ndarray and r else ShapeOnly(a.shape, a.dtype)
-            for a, r in zip(arrays, reads)]
-
-
-def _astype(a, dtype):
-    return a.astype(dtype)
+    return found
 
 
 def _grad_holder(node):
@@ -375,12 +351,22 @@ def retained_grad(node):
     return None if holder is None else holder.grad
 
 
-def _store(holder, g, dtype, create_graph, handed_out, wrap):
-    """Add ``g`` into ``holder.grad``: recorded Tensors with create_graph, else arrays."""
+def _store(holder, g, create_graph, handed_out, wrap):
+    """Add ``g`` into ``holder.grad``: recorded Tensors with create_graph, else arrays. A
+    gradient never shares memory with another gradient or with the caller's array."""
     if create_graph:
-        holder.grad = g if holder.grad is None else holder.grad + g
-    else:
-        _accumulate(holder, g, dtype, handed_out, wrap)
+        g = g if holder.grad is None else holder.grad + g
+        holder.grad = g * 1 if g.is_leaf or _buffer_id(g.data) in handed_out else g
+        handed_out.add(_buffer_id(holder.grad.data))
+        return
+    # A writeable result of a derivative rule (or a view of one) that no .grad holds yet is
+    # taken as it is; anything else is copied.
+    take = type(g) is np.ndarray and g.flags.writeable and _buffer_id(g) not in handed_out
+    arr = dispatch.store_grad(holder, g, take, wrap)
+    # g's buffer counts as handed out even when it was added, not taken: whether the holder
+    # had a gradient is decided at call time (a jit replay), so no later one may take it either.
+    handed_out.add(_buffer_id(g))
+    handed_out.add(_buffer_id(arr))
 
 
 def retain_grad(tensor):
@@ -392,34 +378,6 @@ def retain_node_grad(node):
     """Keep the gradient of a node's output on the node itself (``node.grad``), also when no
     tensor of it is alive any more: how the renderer captures every intermediate gradient."""
     node.retains = True
-
-
-def _accumulate(t, g, dtype, handed_out, wrap):
-    """Add ``g`` into ``t.grad``, always as an array no other tensor or caller holds.
-
-    ``handed_out`` holds the ids of the buffers already stored in some ``.grad`` in this pass.
-    A writeable result of a derivative rule (or a view of one, like a transposed matmul result)
-    whose buffer is not among them is taken as it is; anything else is copied.
-    """
-    take = type(g) is np.ndarray and g.flags.writeable and _buffer_id(g) not in handed_out
-    arr = run(_add_grad, t, g, dtype, take, wrap)
-    # g's buffer counts as handed out even when it was added, not taken: whether t had a
-    # gradient is decided at call time (a jit replay), so no later tensor may take it either.
-    handed_out.add(_buffer_id(g))
-    handed_out.add(_buffer_id(arr))
-
-
-def _add_grad(t, g, dtype, take, wrap):
-    """``t.grad`` (+)= g, deciding at call time whether t already has a gradient, so a jit
-    replay follows zero_grad() and accumulation done outside the step; returns the array."""
-    if t.grad is not None:
-        arr = t.grad.data + g
-    else:
-        arr = g if take else np.array(g, dtype=dtype)
-    if arr.dtype != dtype:
-        arr = arr.astype(dtype)
-    t.grad = wrap(arr)  # always a plain Tensor, also for a Parameter
-    return arr
 
 
 def _buffer_id(a):

@@ -2,7 +2,8 @@
 record no graph; parameters without a gradient are skipped."""
 import numpy as np
 
-from .tape import run
+from . import dispatch
+from .dispatch import run
 
 
 class Optimizer:
@@ -27,7 +28,7 @@ class Optimizer:
             # One call per parameter, as a jit replay repeats it: the parameter, whether it has
             # a gradient and which, its state (momentum buffer, Adam's step count) and the
             # hyperparameters (lr) are looked up at every call.
-            run(Optimizer._update_at, self, i)
+            dispatch.update(Optimizer._update_at, (self.params[i],), self, i)
 
     def _update_at(self, i):
         p = self.params[i]

@@ -73,6 +73,8 @@ SAMPLES = {
     "transpose": [Sample("transpose(x, (2,0,1))", lambda x: x.transpose(2, 0, 1),
                          [(2, 3, 4)], "any")],
     "expand": [Sample("expand(x, (3,4))", lambda x: x.expand(3, 4), [(1, 4)], "any")],
+    "cast": [Sample("x.to(x.dtype, copy=True)", lambda x: x.to(x.dtype, copy=True), [(3, 4)],
+                    "any")],
     "getitem": [Sample("x[1:, ::2]", lambda x: x[1:, ::2], [(3, 4)], "any"),
                 Sample("x[[0,2,2,1]] (repeated)", lambda x: x[_IDX], [(3, 4)], "any")],
 }

@@ -10,11 +10,8 @@ import operator
 
 import numpy as np
 
-from . import allocator, autograd, ops
-from .tape import JitError, Tape, refuse, run
-
-# Every op allocates a fresh array: let malloc reuse freed blocks instead of refaulting pages.
-allocator.keep_freed_memory()
+from . import autograd, dispatch, ops
+from .dispatch import run
 
 
 def _to_array(data, dtype):
@@ -95,25 +92,23 @@ class Tensor:
 
     def numpy(self):
         """The data as a numpy array (the same memory; use ``.copy()`` to keep a snapshot)."""
-        refuse("numpy()")
+        dispatch.read("numpy()")
         return self.data
 
     def item(self):
-        refuse("item()")
+        dispatch.read("item()")
         if self.data.size != 1:
             raise ValueError(f"item() needs a tensor with one element, got shape {self.shape}")
         return self.data.item()
 
     def tolist(self):
-        refuse("tolist()")
+        dispatch.read("tolist()")
         return self.data.tolist()
 
     def detach(self):
         """The same data, cut from the graph (no gradient flows through it)."""
         out = Tensor._wrap(self.data)
-        tape = Tape.current()
-        if tape is not None:  # a jit replay reads self.data, which may be replaced
-            tape.alias(out, self)
+        dispatch.alias(out, self)
         return out
 
     def requires_grad_(self, requires_grad=True):
@@ -131,11 +126,12 @@ class Tensor:
         return self
 
     def __array__(self, dtype=None, copy=None):
+        dispatch.read("np.asarray(tensor)")
         return self.data if dtype is None else self.data.astype(dtype)
 
     def __bool__(self):
         # Without this every Tensor is truthy, so `if loss < 0.1:` would silently always pass.
-        refuse("the truth value of a tensor (if/while on a tensor)")
+        dispatch.read("the truth value of a tensor (if/while on a tensor)")
         if self.data.size != 1:
             raise ValueError(f"the truth value of a tensor of shape {self.shape} is ambiguous; "
                              f"use (t > 0).data.any() or .all()")
@@ -237,6 +233,118 @@ class Tensor:
 
     def __le__(self, other):
         return Tensor._wrap(run(operator.le, self.data, _data(other)))
+
+    def eq(self, other):
+        """The elementwise mask self == other (``==`` itself stays identity: tensors are hashed)."""
+        return Tensor._wrap(run(operator.eq, self.data, _data(other)))
+
+    def __invert__(self):
+        """Logical not of a boolean mask."""
+        if self.data.dtype != np.bool_:
+            raise TypeError(f"~ needs a boolean tensor, got dtype {self.dtype}")
+        return Tensor._wrap(run(np.logical_not, self.data))
+
+    # ---- in place (PyTorch's rules) ----
+    # Under no_grad, or when no gradient is involved, the tensor's array is written in place:
+    # every tensor and view sharing it sees the change, and its version goes up, so a graph
+    # that saved the old values refuses to differentiate with the new ones. A leaf that requires
+    # grad cannot be changed in place while grad mode is on (its gradient would mean nothing).
+    # Any other tensor with a gradient gets the new value and the op is recorded, as PyTorch.
+    def __iadd__(self, other):
+        return self._inplace(ops.ADD, other)
+
+    def __isub__(self, other):
+        return self._inplace(ops.SUB, other)
+
+    def __imul__(self, other):
+        return self._inplace(ops.MUL, other)
+
+    def __itruediv__(self, other):
+        return self._inplace(ops.DIV, other)
+
+    def add_(self, other, alpha=1):
+        """self += alpha * other, in place."""
+        return self._inplace(ops.ADD, other if alpha == 1 else other * alpha)
+
+    def sub_(self, other, alpha=1):
+        """self -= alpha * other, in place."""
+        return self._inplace(ops.SUB, other if alpha == 1 else other * alpha)
+
+    def mul_(self, other):
+        """self *= other, in place."""
+        return self._inplace(ops.MUL, other)
+
+    def div_(self, other):
+        """self /= other, in place."""
+        return self._inplace(ops.DIV, other)
+
+    def zero_(self):
+        """Set every element to 0, in place."""
+        return self.fill_(0)
+
+    def fill_(self, value):
+        """Set every element to ``value``, in place (no gradient flows to the old values)."""
+        return self._inplace(None, value)
+
+    def copy_(self, src):
+        """Copy ``src`` (broadcast to this shape) into this tensor, in place; d/d(src) flows."""
+        return self._inplace(ops.EXPAND, src)
+
+    def to(self, dtype, copy=False):
+        """This tensor as ``dtype`` (itself if it has it, unless ``copy``); gradients flow back
+        in self's dtype."""
+        return self if np.dtype(dtype) == self.dtype and not copy else _cast(self, dtype)
+
+    def float(self):
+        """As float32."""
+        return self.to(np.float32)
+
+    def double(self):
+        """As float64."""
+        return self.to(np.float64)
+
+    def clone(self):
+        """A copy with its own memory; gradients flow back to ``self``."""
+        return self * 1
+
+    def _inplace(self, op, other):
+        other = _const(other, self)
+        if op is ops.EXPAND or op is None:  # copy_ / fill_: the result is other, broadcast
+            if np.broadcast_shapes(other.shape, self.shape) != self.shape:
+                raise RuntimeError(f"{'copy_' if op else 'fill_'}: the source of shape "
+                                   f"{other.shape} does not broadcast to {self.shape}")
+        grad = autograd.is_grad_enabled() and (self.requires_grad or
+                                               (op is not None and other.requires_grad))
+        if grad and self._ctx is None and self.requires_grad:
+            raise RuntimeError("a leaf tensor that requires grad is being used in an in-place "
+                               "operation; update it inside `with no_grad():` (as an optimizer "
+                               "does), or work on a copy (x.clone())")
+        if not grad:
+            if not self.data.flags.writeable:
+                raise RuntimeError(f"in-place operation on a read-only array of shape "
+                                   f"{self.shape} (a broadcast view?); use a copy (x.clone())")
+            fn = _INPLACE.get(op, _copy_into)
+            try:
+                dispatch.update(fn, (self,), self.data, other.data)
+            except TypeError as e:  # numpy refuses a cast that loses the kind (float -> int)
+                raise RuntimeError(f"in-place {op.name if op else 'fill_'}: the result of "
+                                   f"dtype {other.dtype} cannot be stored in a tensor of dtype "
+                                   f"{self.dtype} ({e})") from None
+            return self
+        # Recorded: the op reads a stand-in for the old self, with its own copy of the values
+        # if its derivative reads them, since the memory is overwritten below.
+        old = Tensor._wrap(self.data.copy() if op is not None and op.reads_inputs[0]
+                           else self.data, self.requires_grad)
+        old._ctx = self._ctx
+        if op is ops.EXPAND or op is None:  # the old values get no gradient
+            new = other.expand(self.shape) if other.shape != self.shape else other
+        else:
+            new = _apply(op, old, other)
+        if new.dtype != self.dtype:
+            new = _cast(new, self.dtype)
+        dispatch.update(_copy_into, (self,), self.data, new.data)
+        self._ctx, self.requires_grad = new._ctx, new.requires_grad
+        return self
 
     # ---- elementwise functions ----
     def sqrt(self):
@@ -355,26 +463,36 @@ _record = autograd.record
 
 
 def _apply(op, *inputs, **attrs):
-    """Run ``op``'s numpy forward and record it in the graph (``autograd.record`` decides)."""
+    """Run ``op``'s forward on the inputs' arrays (through the seam) and record it in the graph
+    (``autograd.record`` decides whether)."""
     try:
-        # Spelled out for one and two inputs: this line runs for every operation.
-        # Tape.recording first: one attribute read when no step is captured anywhere.
-        if Tape.recording and Tape.current() is not None:  # capturing in this thread
-            out = Tape.current().forward(op, inputs, attrs)
-        elif len(inputs) == 2 and not attrs:  # unpacking even an empty ** costs 60 ns
-            out = op.forward(inputs[0].data, inputs[1].data)
-        else:
-            out = op.forward(*[t.data for t in inputs], **attrs)
+        out = dispatch.forward(op, inputs, attrs)
     except ValueError as e:
         shapes = " and ".join(str(t.shape) for t in inputs)
         raise ValueError(f"{op.name}: cannot apply to shapes {shapes}: {e}") from None
-    if type(out) is not np.ndarray:
-        out = run(np.asarray, out)  # numpy returns scalars for 0-d results
     t = _new(Tensor)
     t.data, t.grad, t._name = out, None, None
     ctx = _record(op, inputs, attrs, out)
     t._ctx, t.requires_grad = ctx, ctx is not None
     return t
+
+
+apply_op = _apply  # for layers above the core (distributed's all_reduce)
+
+
+def _copy_into(dst, src):
+    np.copyto(dst, src, casting="same_kind")
+
+
+_INPLACE = {ops.ADD: lambda a, b: np.add(a, b, out=a),
+            ops.SUB: lambda a, b: np.subtract(a, b, out=a),
+            ops.MUL: lambda a, b: np.multiply(a, b, out=a),
+            ops.DIV: lambda a, b: np.true_divide(a, b, out=a)}
+
+
+def _cast(t, dtype):
+    """``t`` as ``dtype``, keeping its gradient."""
+    return _apply(ops.CAST, t, dtype=np.dtype(dtype))
 
 
 def _const(x, like):
@@ -465,9 +583,6 @@ def _index_arg(index):
         index = index.data
     if isinstance(index, list):
         index = run(np.asarray, index)
-    if isinstance(index, np.ndarray) and index.dtype.kind == "b" and Tape.current() is not None:
-        raise JitError("indexing with a boolean mask inside a jit step: the result's shape "
-                       "depends on the mask's values, which a replay cannot follow")
     if isinstance(index, np.ndarray) and index.dtype.kind == "f":
         index = run(_integer_index, index)
     return index

@@ -31,7 +31,7 @@ import shutil
 import graphviz
 import numpy as np
 
-from . import autograd
+from . import autograd, dispatch
 from .autograd import keep_values  # noqa: F401  (re-exported: build graphs that keep values)
 
 # Fill colours: kinds of nodes, told apart at a glance (and listed in the legend).
@@ -489,13 +489,13 @@ def _edge_grad(v, i):
         return None
     rule = ctx.op.vjps[i]
     out, arrays = autograd.saved_arrays(v.node)  # what the engine calls the rule with
-    pg = autograd.unbroadcast(np.asarray(rule(v.grad.data, out, *arrays, **ctx.attrs)),
+    pg = dispatch.unbroadcast(np.asarray(rule(v.grad.data, out, *arrays, **ctx.attrs)),
                               p.shape, ctx.op.name)
     # The same rule on absolute values bounds Σ|terms| per entry (the rules are products and
     # quotients of their arguments), also for rules that sum their result themselves.
     with np.errstate(all="ignore"):
         terms = rule(np.abs(v.grad.data), _abs(out), *[_abs(a) for a in arrays], **ctx.attrs)
-    return pg, autograd.unbroadcast(np.abs(np.asarray(terms)), p.shape, ctx.op.name)
+    return pg, dispatch.unbroadcast(np.abs(np.asarray(terms)), p.shape, ctx.op.name)
 
 
 def _abs(a):

@@ -9,8 +9,8 @@ import numpy as np
 
 from .. import nn, optim
 from ..autograd import no_grad
+from ..jit import jit
 from ..nn import functional as F
-from ..replay import jit
 from ..tensor import Tensor
 
 ACTIVATIONS = {"sigmoid": nn.Sigmoid, "relu": nn.ReLU, "tanh": nn.Tanh}

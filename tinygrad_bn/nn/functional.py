@@ -4,7 +4,7 @@
 """
 import numpy as np
 
-from ..tape import run
+from ..dispatch import run, update
 from ..tensor import Tensor
 
 
@@ -39,7 +39,8 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
         centered = _named(x - mu, "x − μ_B")
         var = _named((centered ** 2).mean(axis=axes, keepdims=True), "σ²_B")
         if running_mean is not None or running_var is not None:
-            run(_update_running, running_mean, running_var, mu.data, var.data, m, momentum)
+            update(_update_running, [t for t in (running_mean, running_var) if t is not None],
+                   running_mean, running_var, mu.data, var.data, m, momentum)
     else:
         if running_mean is None or running_var is None:
             raise ValueError("batch_norm outside training needs running_mean and running_var "

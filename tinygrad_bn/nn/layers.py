@@ -4,7 +4,7 @@ import warnings
 
 import numpy as np
 
-from ..tape import run
+from ..dispatch import update
 from ..tensor import Tensor
 from . import functional as F
 from .module import Module, Parameter
@@ -81,7 +81,7 @@ class BatchNorm1d(Module):
                              f"{expected}, got {x.shape}")
         use_batch_stats = self.training or not self.track_running_stats
         if self.training and self.track_running_stats:
-            run(_count_batch, self.num_batches_tracked)  # on a jit tape: replays count too
+            update(_count_batch, (self.num_batches_tracked,), self.num_batches_tracked)
         return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
                             training=use_batch_stats, momentum=self.momentum, eps=self.eps)
 

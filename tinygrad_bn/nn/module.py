@@ -1,12 +1,22 @@
 """Module: parameters, buffers, children, train/eval, state dicts; and Sequential."""
 import os
+import weakref
 from collections import OrderedDict
 
 import numpy as np
 
 from ..autograd import enter_scope, exit_scope
-from ..tape import _MODEL_TENSORS, run
+from ..dispatch import run
 from ..tensor import Tensor
+
+# Every tensor some Module holds as a parameter or buffer, by id (held weakly): layers above
+# (jit) tell a model's own tensors from fresh inputs with ``is_model_tensor``.
+_MODEL_TENSORS = weakref.WeakValueDictionary()
+
+
+def is_model_tensor(t):
+    """Whether ``t`` is (or was) registered in some Module as a parameter or buffer."""
+    return _MODEL_TENSORS.get(id(t)) is t
 
 
 class Parameter(Tensor):

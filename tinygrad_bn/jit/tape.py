@@ -1,10 +1,10 @@
 """The tape: a log of the array work one call of a training step does, for ``jit`` to replay.
 
-While a ``Tape`` records in a thread (``Tape.current()``), the places that compute arrays — an
-op's forward (``tensor._apply``), a derivative rule and a gradient sum (``autograd``), an
-optimizer update, batch norm's running statistics, the targets of a loss, ``Tensor(...)`` — call
-``Tape.call(fn, args, kwargs)`` instead of ``fn(*args, **kwargs)``. The tape runs the function
-and writes one instruction: the function, and for every argument where its value comes from:
+A ``Tape`` is the seam's hook (``dispatch.set_hook``) while it records in a thread: every piece
+of array work of the core (an op's forward, a derivative rule, a gradient sum, an optimizer
+update, batch norm's running statistics, the targets of a loss, ``Tensor(...)``) reaches it as
+``forward``, ``vjp`` or ``call(fn, args, kwargs)``. The tape runs the function and writes one
+instruction: the function, and for every argument where its value comes from:
 
 * ``in``   the array of the step's i-th argument (a fresh one is bound at every replay);
 * ``r``    the result of an earlier instruction (a register of the replay);
@@ -17,31 +17,18 @@ and writes one instruction: the function, and for every argument where its value
 * ``o``    any other object (a tensor, an optimizer, a function), compared by identity;
 * ``arg``  the step's i-th argument object itself.
 
-Op forwards come with their input tensors (``forward``), every other call with plain values
-(``call``, or ``run`` where no tape may be active). Arrays are told apart by ``id``; the tape
+Op forwards come with their input tensors (``forward``), every other call with plain values.
+Arrays are told apart by ``id``; the tape
 keeps every one it has seen alive until it is done, so no id is reused in between.
 
 Two tapes of the same step agree (``same_as``) when they did the same work on the same objects;
 ``jit`` compiles a step only after two consecutive calls agree. Anything made outside the tape
 inside the step (``np.random...``, ``loss.item()``) differs between calls and is caught there.
 """
-import threading
-import weakref
-
 import numpy as np
 
-from .ops import PRIMITIVES
-
-_LOCAL = threading.local()  # .tape: the tape recording in this thread
-_LOCK = threading.Lock()
-# Every tensor some Module holds as a parameter or buffer, by id (held weakly; nn.Module adds
-# them): a capture must tell the model's own tensors from fresh inputs (is_model_tensor).
-_MODEL_TENSORS = weakref.WeakValueDictionary()
-
-
-def is_model_tensor(t):
-    """Whether ``t`` is (or was) registered in some Module as a parameter or buffer."""
-    return _MODEL_TENSORS.get(id(t)) is t
+from .. import dispatch, ops
+from ..nn.module import is_model_tensor  # noqa: F401  (the jit's view of the model registry)
 
 
 class JitError(RuntimeError):
@@ -91,25 +78,18 @@ _VALUE_TYPES = (type(None), bool, int, float, complex, str, bytes, slice, type(E
 class Tape:
     """One call's instructions: ``(fn, arg specs, kwarg specs, result register or None)``."""
 
-    # How many threads are capturing a step: the one check every op makes. Each thread has its
-    # own tape (``current()``), so steps captured in two threads at once do not mix.
-    recording = 0
-
     @staticmethod
     def current():
         """The tape recording in this thread, or None."""
-        return getattr(_LOCAL, "tape", None) if Tape.recording else None
+        hook = dispatch.current_hook()
+        return hook if isinstance(hook, Tape) else None
 
     def start(self):
-        """Record this thread's array work on this tape, until ``stop()``."""
-        with _LOCK:
-            Tape.recording += 1
-        _LOCAL.tape = self
+        """Record this thread's array work on this tape (the seam's hook), until ``stop()``."""
+        self._outer = dispatch.set_hook(self)
 
     def stop(self):
-        _LOCAL.tape = None
-        with _LOCK:
-            Tape.recording -= 1
+        dispatch.set_hook(self._outer)
 
     def __init__(self, arg_objects, arg_arrays):
         self.instrs = []
@@ -136,16 +116,36 @@ class Tape:
     def forward(self, op, inputs, attrs):
         """An op's forward on tensors ``inputs``; the arrays of persistent tensors (parameters,
         buffers) are read live at replay."""
+        if op is ops.GETITEM and _has_mask(attrs["index"]):
+            raise JitError("indexing with a boolean mask inside a jit step: the result's shape "
+                           "depends on the mask's values, which a replay cannot follow")
         spec = tuple(self._spec(t.data, t) for t in inputs)
-        return self._run(op.forward, spec, [t.data for t in inputs], attrs)
+        return self._run(dispatch.kernel(op).forward, spec, [t.data for t in inputs], attrs)
+
+    def vjp(self, op, i, g, out, inputs, attrs):
+        """A derivative rule; the inputs it does not read are recorded by shape only, so a
+        replay can free them before it runs."""
+        k = dispatch.kernel(op)
+        inputs = [a if type(a) is np.ndarray and r else ShapeOnly(a.shape, a.dtype)
+                  for a, r in zip(inputs, k.vjp_reads[i])]
+        return self.call(k.vjps[i], (g, out, *inputs), attrs)
+
+    def read(self, what):
+        """A value read out of a tensor inside the step: refused (it would be frozen)."""
+        refuse(what)
+
+    def backward_started(self, vertices, create_graph):
+        if create_graph:
+            raise JitError("backward(create_graph=True) inside a jit step is not supported")
+        self.backpropagated.update(vertices)
 
     def _run(self, fn, spec, args, kwargs):
         kwspec = tuple((k, self._spec(v)) for k, v in kwargs.items()) if kwargs else ()
-        _LOCAL.tape = None  # work inside fn is part of this instruction
+        dispatch.set_hook(None)  # work inside fn is part of this instruction
         try:
             result = fn(*args, **kwargs) if kwargs else fn(*args)
         finally:
-            _LOCAL.tape = self
+            dispatch.set_hook(self)
         reg = None
         if isinstance(result, (np.ndarray, np.generic)):
             key = id(result)
@@ -298,11 +298,12 @@ def _show(spec):
 def describe(fn):
     """A readable name for a taped function: ops' forwards and derivatives are lambdas."""
     if not _OP_PARTS:
-        for op in PRIMITIVES:
-            _OP_PARTS[op.forward] = f"{op.name} forward"
-            if op.into is not None:
-                _OP_PARTS[op.into] = f"{op.name} forward, in place"
-            for i, (vjp, into) in enumerate(zip(op.vjps, op.vjps_into)):
+        for op in ops.PRIMITIVES:
+            k = dispatch.kernel(op)
+            _OP_PARTS[k.forward] = f"{op.name} forward"
+            if k.into is not None:
+                _OP_PARTS[k.into] = f"{op.name} forward, in place"
+            for i, (vjp, into) in enumerate(zip(k.vjps, k.vjps_into)):
                 _OP_PARTS.setdefault(vjp, f"{op.name} derivative for input {i}")
                 if into is not None:
                     _OP_PARTS[into] = f"{op.name} derivative for input {i}, in place"
@@ -313,18 +314,14 @@ def describe(fn):
 _OP_PARTS = {}
 
 
-def run(fn, *args, **kwargs):
-    """``fn(*args, **kwargs)``, written on the active tape if there is one: for the places that
-    compute arrays outside ops (an optimizer update, running statistics, a loss's targets)."""
-    tape = Tape.current()
-    if tape is None:
-        return fn(*args, **kwargs)
-    return tape.call(fn, args, kwargs)
-
-
 def refuse(what):
     """Raise if a tape is recording: ``what`` would be frozen into every replay."""
     if Tape.current() is not None:
         raise JitError(f"{what} inside a jit step: the value would be read once, at capture, "
                        f"and frozen into every replay. Return the tensor from the step and read "
                        f"it outside")
+
+
+def _has_mask(index):
+    items = index if isinstance(index, tuple) else (index,)
+    return any(isinstance(i, np.ndarray) and i.dtype.kind == "b" for i in items)

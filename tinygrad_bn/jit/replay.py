@@ -38,11 +38,11 @@ import weakref
 
 import numpy as np
 
-from . import autograd
-from .replay_codegen import STALE, compile_replay
-from .replay_state import difference, restore, snapshot
+from .. import autograd
+from ..tensor import Tensor
+from .codegen import STALE, compile_replay
+from .state import difference, restore, snapshot
 from .tape import JitError, Tape
-from .tensor import Tensor
 
 _ATTEMPTS = 4  # calls captured without two in a row agreeing, before giving up
 _SIGNATURES = 16  # pending captures kept (a number argument that changes every call...)

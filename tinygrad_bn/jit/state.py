@@ -11,7 +11,7 @@ A snapshot is a tree: for every object reached, the object itself, the values of
 """
 import numpy as np
 
-from .tensor import Tensor
+from ..tensor import Tensor
 
 # Deep enough for roots -> optimizer -> state list -> a parameter's state dict -> its buffers,
 # and optimizer -> params list -> parameter -> its gradient tensor.

@@ -29,11 +29,12 @@ import types
 
 import numpy as np
 
-from .autograd import _add_grad, _astype, unbroadcast
-from .ops import PRIMITIVES, is_elementwise_ufunc
-from .optim import Optimizer
+from .. import dispatch, kernels
+from ..kernels import is_elementwise_ufunc
+from ..ops import PRIMITIVES
+from ..optim import Optimizer
+from ..tensor import Tensor, _to_array
 from .tape import JitError, is_model_tensor
-from .tensor import Tensor, _to_array
 
 STALE = object()  # what a replay returns when a guard failed: nothing was run
 
@@ -44,17 +45,18 @@ def _gradient_sum_in_place(out, x, y):  # autograd's prev + pg
 
 # What can write into an array that dies: op forwards and the gradient sum (into any input)
 # and derivative rules (into the incoming gradient or an input they read; see Op.vjps_into).
-_INTO = {op.forward: op.into for op in PRIMITIVES if op.into is not None}
+_KERNELS = [dispatch.kernel(op) for op in PRIMITIVES]
+_INTO = {k.forward: k.into for k in _KERNELS if k.into is not None}
 _INTO[operator.add] = _gradient_sum_in_place
-_INTO_G = {vjp: into for op in PRIMITIVES for vjp, into in zip(op.vjps, op.vjps_into)
+_INTO_G = {vjp: into for k in _KERNELS for vjp, into in zip(k.vjps, k.vjps_into)
            if into is not None}
 # (by id) functions that keep no reference to their arguments once they return: ops' forwards
 # and derivatives and the engine's gradient arithmetic. Not: storing a .grad, an optimizer
 # update, a running-statistics update, making a Tensor.
 # The first kind never change their arguments either: one that returns an argument returned it
 # unchanged, so the replay can skip the call.
-_OPS = ({id(op.forward) for op in PRIMITIVES} | {id(v) for op in PRIMITIVES for v in op.vjps}
-        | {id(unbroadcast), id(_astype)})
+_OPS = ({id(k.forward) for k in _KERNELS} | {id(v) for k in _KERNELS for v in k.vjps}
+        | {id(kernels.sum_to), id(dispatch._astype)})
 _PURE = _OPS | {id(operator.add), id(operator.iadd)}
 
 
@@ -190,7 +192,8 @@ def _identity_guards(second, args, arg_kinds, names, ns, objects, bind, named):
     held = {id(p) for o in optimizers for p in o.params}
     changed = set()
     for f, spec, kwspec, _ in second.instrs:
-        if f is not _add_grad and f is not _to_array:  # those read or give a gradient only
+        # those read or give a gradient only
+        if f is not dispatch._store_grad and f is not _to_array:
             changed.update(s[1] for s in _flat_specs(_operands(spec, kwspec)) if s[0] == "arg")
     guards = []
     for i, (kind, a) in enumerate(zip(arg_kinds, args)):

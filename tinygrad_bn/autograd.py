@@ -38,18 +38,19 @@ class Node:
     name, grad, retains: the output tensor's name (labels the graph drawing), and its gradient
         when asked for with ``retain_grad()`` (``retains`` is a weak reference to that tensor,
         or True to keep it on the node, as the renderer does).
-    versions: the versions (``dispatch.version``) of the arrays it saved, when it was made
-        (None: all at version 0); backward refuses arrays written in place since.
+    epoch: how many in-place writes had happened when it was made (``dispatch.WRITES``);
+        backward refuses to use a saved array written in place since.
     """
 
     __slots__ = ("op", "args", "out", "attrs", "scope", "seq", "shape", "dtype", "name", "grad",
-                 "retains", "versions")
+                 "retains", "epoch")
     requires_grad = True  # a node exists only if an input needs a gradient
 
-    def __init__(self, op, args, out, attrs, scope, seq, shape, dtype):
+    def __init__(self, op, args, out, attrs, scope, seq, shape, dtype, epoch):
         self.op, self.args, self.out, self.attrs = op, args, out, attrs
         self.scope, self.seq, self.shape, self.dtype = scope, seq, shape, dtype
-        self.name = self.grad = self.retains = self.versions = None
+        self.epoch = epoch
+        self.name = self.grad = self.retains = None
 
     @property
     def parents(self):
@@ -167,33 +168,23 @@ def record(op, inputs, attrs, out):
     shape = out.shape
     # One tuple per distinct shape: the graph keeps no extra object per op (see Node.args).
     shape = _SHAPES.get(shape) or _intern_shape(shape)
-    node = Node(op, args, out if op.reads_out or keep else None, attrs, mode.scope, _next_seq(),
-                shape, out.dtype)
-    if dispatch.has_versions():  # some array was written in place: remember what we saw
-        node.versions = _saved_versions(node)
-    return node
+    return Node(op, args, out if op.reads_out or keep else None, attrs, mode.scope, _next_seq(),
+                shape, out.dtype, dispatch.WRITES)
 
 
-def _saved_versions(node):
-    """The versions of the arrays ``node`` saved (inputs it reads, then its output)."""
-    arrays = [a.data for a, r in zip(node.args, node.op.reads_inputs) if r]
+def _check_saved(node):
+    """Refuse to differentiate with an array ``node`` saved that was written in place since."""
+    saved = [(f"input {i}", a.data) for i, (a, r) in enumerate(zip(node.args,
+                                                                    node.op.reads_inputs)) if r]
     if node.out is not None:
-        arrays.append(node.out)
-    return tuple(dispatch.version(a) for a in arrays)
-
-
-def _check_versions(node):
-    """Refuse to differentiate with arrays written in place since ``node`` saved them."""
-    now = _saved_versions(node)
-    before = node.versions or (0,) * len(now)
-    if now != before:
-        k = next(k for k, (a, b) in enumerate(zip(before, now)) if a != b)
-        saved = [f"input {i}" for i, r in enumerate(node.op.reads_inputs) if r] + ["its output"]
-        raise RuntimeError(
-            f"one of the arrays needed for gradient computation has been modified by an "
-            f"in-place operation: {saved[k]} of '{node.op.name}' (shape {node.shape}) was at "
-            f"version {before[k]} when recorded and is now at version {now[k]}. Do the in-place "
-            f"update after backward(), or update a copy (x = x.clone()) instead")
+        saved.append(("its output", node.out))
+    for what, a in saved:
+        if dispatch.written_since(a, node.epoch):
+            raise RuntimeError(
+                f"one of the variables needed for gradient computation has been modified by an "
+                f"inplace operation: {what} (shape {a.shape}, {a.dtype}) of '{node.op.name}', "
+                f"saved for its derivative, was written in place after it was saved. Do the "
+                f"in-place update after backward(), or update a copy (x = x.clone()) instead")
 
 
 _SHAPES = {}
@@ -308,16 +299,21 @@ def _backward(root, grad, retain_graph, create_graph, inputs, wrap):
                 "backward through a graph whose saved values were already freed by an earlier "
                 "backward(); call backward(retain_graph=True) the first time if you need a "
                 "second pass")
-        if dispatch.has_versions() or v.versions is not None:
-            _check_versions(v)
+        if v.epoch != dispatch.WRITES:  # something was written in place since v was recorded
+            _check_saved(v)
         op, attrs, out = v.op, v.attrs, v.out
         if create_graph:  # the rules get Tensors of this graph, to be differentiated again
             arrays = args
             if out is not None:
                 out = wrap(out, True)
                 out._ctx = v
-        else:
-            arrays = [a.data if r else a for a, r in zip(args, op.reads_inputs)]
+        else:  # spelled out for two and one inputs: this runs once per node of every graph
+            reads = op.reads_inputs
+            if len(args) == 2:
+                a, b = args
+                arrays = (a.data if reads[0] else a, b.data if reads[1] else b)
+            else:
+                arrays = [a.data if r else a for a, r in zip(args, reads)]
         # Last input first: it is usually the broadcast one (γ, β, μ, a bias), whose full-size
         # temporary is summed down and freed before the first input's gradient is made.
         for i in range(len(args) - 1, -1, -1):
@@ -326,7 +322,11 @@ def _backward(root, grad, retain_graph, create_graph, inputs, wrap):
             if not p.requires_grad:
                 continue
             pg = dispatch.vjp(op, i, g, out, arrays, attrs)
-            shape, dtype = (p.shape, p.dtype) if type(p) is Node else (p.data.shape, p.data.dtype)
+            if type(p) is Node:
+                shape, dtype = p.shape, p.dtype
+            else:
+                data = p.data
+                shape, dtype = data.shape, data.dtype
             if pg.shape != shape:
                 pg = dispatch.unbroadcast(pg, shape, op.name)
             if pg.dtype != dtype:

@@ -11,9 +11,8 @@ Layers above the core hook in here and nowhere else: a hook (``set_hook``, per t
 call instead, with the same arguments, and decides what to do (``jit`` records them on a tape).
 The core never knows which layer, if any, is listening.
 
-In-place writes also count versions (PyTorch's version counters): every write through ``update``
-bumps the version of the array written to, and backward compares the versions of the arrays a
-node saved with those it saw when it was recorded (``version``).
+In-place writes are counted too (PyTorch's version counters): every write through ``update`` is
+numbered, and backward refuses a node whose saved arrays were written after it was recorded.
 """
 import operator
 import threading
@@ -55,7 +54,7 @@ def forward(op, inputs, attrs):
     if _hooked_threads and _STATE.hook is not None:
         out = _STATE.hook.forward(op, inputs, attrs)
     else:
-        fwd = _FORWARD.get(op) or _kernel(op).forward
+        fwd = (_KERNEL.get(op) or _kernel(op)).forward
         if len(inputs) == 2 and not attrs:  # spelled out: this runs for every operation
             out = fwd(inputs[0].data, inputs[1].data)
         else:
@@ -72,7 +71,7 @@ def vjp(op, i, g, out, inputs, attrs):
     if _hooked_threads and _STATE.hook is not None:
         pg = _STATE.hook.vjp(op, i, g, out, inputs, attrs)
     else:
-        rule = _kernel(op).vjps[i]
+        rule = (_KERNEL.get(op) or _kernel(op)).vjps[i]
         pg = rule(g, out, *inputs, **attrs) if attrs else rule(g, out, *inputs)
     if type(pg) is not np.ndarray:  # a numpy scalar from 0-d arithmetic
         pg = run(np.asarray, pg)
@@ -156,15 +155,14 @@ def backward_started(vertices, create_graph):
 
 # ---- kernels by op ----
 
-_FORWARD = {}
+_KERNEL = dict(kernels.KERNELS)
 
 
 def _kernel(op):
     """The fast forms of ``op`` (its textbook forms where kernels.py has none)."""
-    k = kernels.KERNELS.get(op)
+    k = _KERNEL.get(op)
     if k is None:  # an op without overrides (also ops defined outside ops.py)
-        k = kernels.KERNELS[op] = kernels.Kernel(op)
-    _FORWARD[op] = k.forward
+        k = _KERNEL[op] = kernels.Kernel(op)
     return k
 
 
@@ -173,11 +171,14 @@ def kernel(op):
     return _kernel(op)
 
 
-# ---- versions of arrays written in place ----
+# ---- versions: which arrays were written in place, and when ----
 
-# id(array owning the memory) -> (weak reference to it, version). Only arrays written in place
-# are here; every other array is at version 0.
-_VERSIONS = {}
+# Every write through ``update`` counts one. A graph node remembers the count when it was made
+# (``Node.epoch``); an array it saved and later written has its last write after that.
+WRITES = 0
+# id(array owning the memory) -> (weak reference to it, WRITES at its last write). Only arrays
+# written in place are here.
+_LAST_WRITE = {}
 
 
 def _owner(a):
@@ -185,40 +186,32 @@ def _owner(a):
     return a if base is None else base
 
 
-def has_versions():
-    """Whether any array was written in place (else every version is 0)."""
-    return bool(_VERSIONS)
-
-
-def version(a):
-    """How often the memory of array ``a`` was written in place through ``update``."""
-    if not _VERSIONS:
-        return 0
-    entry = _VERSIONS.get(id(_owner(a)))
-    return 0 if entry is None or entry[0]() is None else entry[1]
+def written_since(a, epoch):
+    """Whether the memory of array ``a`` was written in place after write count ``epoch``."""
+    entry = _LAST_WRITE.get(id(_owner(a)))
+    return entry is not None and entry[1] > epoch and entry[0]() is not None
 
 
 def bump(a):
     """Count one in-place write to the memory of ``a``."""
+    global WRITES
+    WRITES += 1
     owner = _owner(a)
-    key = id(owner)
-    entry = _VERSIONS.get(key)
+    entry = _LAST_WRITE.get(id(owner))
     if entry is None or entry[0]() is not owner:
-        if len(_VERSIONS) >= _PRUNE_AT[0]:
+        if len(_LAST_WRITE) >= _PRUNE_AT[0]:
             _prune()
         try:
-            ref = weakref.ref(owner)
+            entry = (weakref.ref(owner), 0)
         except TypeError:  # memory not owned by an ndarray (a buffer): not tracked
             return
-        _VERSIONS[key] = (ref, 1)
-    else:
-        _VERSIONS[key] = (entry[0], entry[1] + 1)
+    _LAST_WRITE[id(owner)] = (entry[0], WRITES)
 
 
 _PRUNE_AT = [1024]
 
 
 def _prune():
-    for key in [k for k, (ref, _) in _VERSIONS.items() if ref() is None]:
-        del _VERSIONS[key]
-    _PRUNE_AT[0] = max(1024, 2 * len(_VERSIONS))
+    for key in [k for k, (ref, _) in _LAST_WRITE.items() if ref() is None]:
+        del _LAST_WRITE[key]
+    _PRUNE_AT[0] = max(1024, 2 * len(_LAST_WRITE))

@@ -28,7 +28,8 @@ class Optimizer:
             # One call per parameter, as a jit replay repeats it: the parameter, whether it has
             # a gradient and which, its state (momentum buffer, Adam's step count) and the
             # hyperparameters (lr) are looked up at every call.
-            dispatch.update(Optimizer._update_at, (self.params[i],), self, i)
+            p = self.params[i]
+            dispatch.update(Optimizer._update_at, (p,) if p.grad is not None else (), self, i)
 
     def _update_at(self, i):
         p = self.params[i]

@@ -160,7 +160,10 @@ def record(op, inputs, attrs, out):
     reads = op.reads_inputs
     if keep:
         args = inputs
-    elif len(inputs) == 1:  # spelled out: this runs for every recorded operation
+    elif len(inputs) == 2:  # spelled out: this runs for every recorded operation
+        a, b = inputs
+        args = (a if reads[0] else (a._ctx or a), b if reads[1] else (b._ctx or b))
+    elif len(inputs) == 1:
         t = inputs[0]
         args = (t,) if reads[0] else (t._ctx or t,)
     else:
@@ -174,17 +177,20 @@ def record(op, inputs, attrs, out):
 
 def _check_saved(node):
     """Refuse to differentiate with an array ``node`` saved that was written in place since."""
-    saved = [(f"input {i}", a.data) for i, (a, r) in enumerate(zip(node.args,
-                                                                    node.op.reads_inputs)) if r]
-    if node.out is not None:
-        saved.append(("its output", node.out))
-    for what, a in saved:
-        if dispatch.written_since(a, node.epoch):
-            raise RuntimeError(
-                f"one of the variables needed for gradient computation has been modified by an "
-                f"inplace operation: {what} (shape {a.shape}, {a.dtype}) of '{node.op.name}', "
-                f"saved for its derivative, was written in place after it was saved. Do the "
-                f"in-place update after backward(), or update a copy (x = x.clone()) instead")
+    written_since, epoch = dispatch.written_since, node.epoch
+    for i, r in enumerate(node.op.reads_inputs):
+        if r and written_since(node.args[i].data, epoch):
+            _refuse_written(node, f"input {i}", node.args[i].data)
+    if node.out is not None and written_since(node.out, epoch):
+        _refuse_written(node, "its output", node.out)
+
+
+def _refuse_written(node, what, a):
+    raise RuntimeError(
+        f"one of the variables needed for gradient computation has been modified by an "
+        f"inplace operation: {what} (shape {a.shape}, {a.dtype}) of '{node.op.name}', saved for "
+        f"its derivative, was written in place after it was saved. Do the in-place update "
+        f"after backward(), or update a copy (x = x.clone()) instead")
 
 
 _SHAPES = {}

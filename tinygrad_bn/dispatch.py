@@ -54,7 +54,10 @@ def forward(op, inputs, attrs):
     if _hooked_threads and _STATE.hook is not None:
         out = _STATE.hook.forward(op, inputs, attrs)
     else:
-        fwd = (_KERNEL.get(op) or _kernel(op)).forward
+        try:
+            fwd = _FORWARD[op]
+        except KeyError:
+            fwd = _kernel(op).forward
         if len(inputs) == 2 and not attrs:  # spelled out: this runs for every operation
             out = fwd(inputs[0].data, inputs[1].data)
         else:
@@ -71,7 +74,10 @@ def vjp(op, i, g, out, inputs, attrs):
     if _hooked_threads and _STATE.hook is not None:
         pg = _STATE.hook.vjp(op, i, g, out, inputs, attrs)
     else:
-        rule = (_KERNEL.get(op) or _kernel(op)).vjps[i]
+        try:
+            rule = _VJPS[op][i]
+        except KeyError:
+            rule = _kernel(op).vjps[i]
         pg = rule(g, out, *inputs, **attrs) if attrs else rule(g, out, *inputs)
     if type(pg) is not np.ndarray:  # a numpy scalar from 0-d arithmetic
         pg = run(np.asarray, pg)
@@ -155,14 +161,15 @@ def backward_started(vertices, create_graph):
 
 # ---- kernels by op ----
 
-_KERNEL = dict(kernels.KERNELS)
+_KERNEL, _FORWARD, _VJPS = {}, {}, {}  # by op: its kernel, and that kernel's forward and rules
 
 
 def _kernel(op):
     """The fast forms of ``op`` (its textbook forms where kernels.py has none)."""
     k = _KERNEL.get(op)
-    if k is None:  # an op without overrides (also ops defined outside ops.py)
-        k = _KERNEL[op] = kernels.Kernel(op)
+    if k is None:  # ops without overrides (also ops defined outside ops.py) get the textbook
+        k = _KERNEL[op] = kernels.KERNELS.get(op) or kernels.Kernel(op)
+        _FORWARD[op], _VJPS[op] = k.forward, k.vjps
     return k
 
 
@@ -188,7 +195,8 @@ def _owner(a):
 
 def written_since(a, epoch):
     """Whether the memory of array ``a`` was written in place after write count ``epoch``."""
-    entry = _LAST_WRITE.get(id(_owner(a)))
+    base = a.base
+    entry = _LAST_WRITE.get(id(a if base is None else base))
     return entry is not None and entry[1] > epoch and entry[0]() is not None
 
 

@@ -241,7 +241,7 @@ def unbroadcast(g, shape, op_name):
     return g
 
 
-def backward(root, grad, retain_graph=False, create_graph=False):
+def backward(root, grad, retain_graph=False, create_graph=False, inputs=None):
     """Reverse-mode pass from tensor ``root`` with upstream gradient ``grad`` (an array of root's
     shape).
 
@@ -252,19 +252,29 @@ def backward(root, grad, retain_graph=False, create_graph=False):
 
     With ``create_graph`` the derivative rules run on Tensors instead of arrays, so the
     gradients are themselves recorded and can be differentiated again (higher order).
+
+    ``inputs`` (for ``tinygrad_bn.grad``): a set of vertices (leaves, or the nodes of non-leaf
+    tensors). Their gradients are returned as a dict {vertex: gradient} and no ``.grad`` is
+    written; ``retain_graph`` is then honoured also with ``create_graph`` (torch's grad()).
     """
     wrap = root._wrap
     if create_graph:
         with enable_grad():
-            return _backward(root, wrap(grad), True, True, wrap)
-    return _backward(root, grad, retain_graph, False, wrap)
+            # backward() keeps a recorded graph: ``.grad`` is differentiated through it later
+            keep = True if inputs is None else retain_graph
+            grad = wrap(grad) if type(grad) is np.ndarray else grad  # grad() may pass a Tensor
+            return _backward(root, grad, keep, True, wrap, inputs)
+    return _backward(root, grad, retain_graph, False, wrap, inputs)
 
 
-def _backward(root, grad, retain_graph, create_graph, wrap):
+def _backward(root, grad, retain_graph, create_graph, wrap, inputs=None):
     # jit is capturing in this thread: every array computed below goes on the tape
     tape = Tape.current()
-    if tape is not None and create_graph:
-        raise JitError("backward(create_graph=True) inside a jit step is not supported")
+    if tape is not None and (create_graph or inputs is not None):
+        raise JitError("backward(create_graph=True) and grad() inside a jit step are not "
+                       "supported; call loss.backward() in the step")
+    # grad(): the gradients of ``inputs`` are collected here and returned, never stored
+    collected = None if inputs is None else {}
     order = toposort(root)
     if tape is not None:
         tape.backpropagated.update(order)
@@ -280,7 +290,12 @@ def _backward(root, grad, retain_graph, create_graph, wrap):
         g = grads.pop(v, None)
         if g is None:
             continue
-        if type(v) is not Node:  # a leaf
+        if collected is not None:  # grad(): collect, store nothing
+            if v in inputs:
+                collected[v] = g
+            if type(v) is not Node:
+                continue
+        elif type(v) is not Node:  # a leaf
             _store(v, g, v.data.dtype, create_graph, handed_out, wrap)
             continue
         args = v.args
@@ -289,7 +304,7 @@ def _backward(root, grad, retain_graph, create_graph, wrap):
                 "backward through a graph whose saved values were already freed by an earlier "
                 "backward(); call backward(retain_graph=True) the first time if you need a "
                 "second pass")
-        if v.retains is not None:
+        if v.retains is not None and collected is None:
             holder = _grad_holder(v)
             if holder is not None:  # else the tensor is gone: nobody can read its gradient
                 _store(holder, g, v.dtype, create_graph, handed_out, wrap)
@@ -351,6 +366,7 @@ def _backward(root, grad, retain_graph, create_graph, wrap):
         if not retain_graph:
             # Drop the saved arrays and the edges: a released node raises if reached again.
             v.args = v.out = None
+    return collected
 
 
 def _shape_only(arrays, reads):

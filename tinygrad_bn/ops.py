@@ -131,7 +131,7 @@ def scatter_add(g, index, shape):
         out = np.zeros(shape, dtype=g.dtype)
         np.add.at(out, index, g)
         return out
-    return g.scatter_add(index, shape)
+    return g.scatter_add(index, shape)  # a Tensor: the SCATTER_ADD primitive, recorded
 
 
 def sum_to(g, shape):
@@ -348,6 +348,8 @@ def _div_vjp_y(g, out, x, y):
     # on Tensors the in-place operators fall back to recorded ones, so the rule still records.
     if y.shape != g.shape:
         return mul_sum_to(g, x, y.shape) / (y * -y)
+    if type(g) is not np.ndarray:  # Tensors (create_graph): out of place, every step recorded
+        return g * x / y / -y
     grad = g * x
     grad /= y
     grad /= -y
@@ -387,6 +389,8 @@ def _pow_scalar_vjp(g, out, x, exponent):
     # full-size temporary fewer; on Tensors *= falls back to a recorded product). When g is a
     # broadcast view (mean's gradient, in batch norm's variance) its small array is doubled
     # instead: one full pass, not two, and the same numbers (doubling is exact).
+    if type(g) is not np.ndarray:  # Tensors (create_graph): out of place, every step recorded
+        return g * exponent * x ** (exponent - 1)
     if exponent == 2:
         small = compact(g)
         if small is not None and small.ndim == x.ndim:
@@ -469,7 +473,9 @@ def _sigmoid_of_negated(e):
 
 
 def _sigmoid_vjp(g, out, x):
-    # g σ (1 − σ), built in one fresh array (in place for arrays, recorded for Tensors)
+    # g σ (1 − σ), built in one fresh array (in place for arrays)
+    if type(g) is not np.ndarray:  # Tensors (create_graph): out of place, every step recorded
+        return g * (out * (1 - out))
     grad = 1 - out
     grad *= out
     grad *= g
@@ -482,6 +488,8 @@ SIGMOID = Op("sigmoid", _sigmoid,
 
 
 def _tanh_vjp(g, out, x):
+    if type(g) is not np.ndarray:  # Tensors (create_graph): out of place, every step recorded
+        return g * (1 - out * out)
     grad = 1 - out * out
     grad *= g
     return grad
@@ -576,7 +584,13 @@ GETITEM = Op("getitem", lambda x, index: x[index],
              lambda g, out, x, index: scatter_add(g, index, x.shape),
              reads=())
 
+# The derivative of indexing as a primitive of its own, so that derivative can be differentiated
+# (create_graph): zeros of ``shape`` with x added at ``index``. Its derivative is indexing again.
+SCATTER_ADD = Op("scatter_add", lambda x, index, shape: scatter_add(x, index, shape),
+                 lambda g, out, x, index, shape: g[index],
+                 reads=())
+
 
 # The table the tests, gradcheck and the renderer iterate over.
 PRIMITIVES = (ADD, SUB, MUL, DIV, POW, NEG, POW_SCALAR, SQRT, EXP, LOG, RELU, SIGMOID, TANH,
-              MATMUL, SUM, MEAN, MAX, RESHAPE, TRANSPOSE, EXPAND, GETITEM)
+              MATMUL, SUM, MEAN, MAX, RESHAPE, TRANSPOSE, EXPAND, GETITEM, SCATTER_ADD)

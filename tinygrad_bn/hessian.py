@@ -69,8 +69,8 @@ def top_hessian_eigenvalue(fn, params, iters=50, tol=1e-4, seed=0):
     Power iteration finds the eigenvalue of largest magnitude; if that one is negative, it runs
     again on H - λ I to find the largest. Converged when the Rayleigh quotient changes by at
     most ``tol`` (relative) between iterations. Returns {"eigenvalue", "converged",
-    "iterations" (HVPs used), "residual": ||H v - λ v|| / |λ|, "history"}. No ``.grad`` is
-    touched.
+    "iterations" (HVPs used), "residual": ||H v - λ v|| / |λ|, "history", "vector": the
+    eigenvector estimate, one unit-norm-overall array per parameter}. No ``.grad`` is touched.
     """
     params = list(params)
     for k, p in enumerate(params):
@@ -119,7 +119,7 @@ def _power_iteration(times, v, iters, tol, shift):
             break
     return {"eigenvalue": lam + shift, "converged": converged, "iterations": it,
             "residual": float(residual / max(abs(lam + shift), np.finfo(float).tiny)),
-            "history": history}
+            "history": history, "vector": v}
 
 
 def _norm(vs):

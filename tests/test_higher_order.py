@@ -457,3 +457,9 @@ def test_numeric_vjp_of_the_gradient_agrees_with_hvp():
             return tb.grad(fn(leaf), leaf)[0]
     (numeric,) = numeric_vjp(gradient, [a.copy()], v)  # H is symmetric: v^T H = H v
     np.testing.assert_allclose(h.data, numeric, rtol=1e-6)
+
+
+def test_grad_inside_a_jit_step_is_refused():
+    x = Tensor(np.ones(3), requires_grad=True)
+    with pytest.raises(tb.JitError, match=r"grad\(\) inside a jit step"):
+        tb.jit(lambda x: tb.grad((x * x).sum(), x)[0])(x)

@@ -253,8 +253,8 @@ def backward(root, grad, retain_graph=False, create_graph=False, inputs=None):
     With ``create_graph`` the derivative rules run on Tensors instead of arrays, so the
     gradients are themselves recorded and can be differentiated again (higher order).
 
-    ``inputs`` (for ``tinygrad_bn.grad``): a set of vertices (leaves, or the nodes of non-leaf
-    tensors). Their gradients are returned as a dict {vertex: gradient} and no ``.grad`` is
+    ``inputs`` (for ``tinygrad_bn.grad``): a set or dict of vertices (leaves, or the nodes of
+    non-leaf tensors). Their gradients are returned as a dict {vertex: gradient} and no ``.grad`` is
     written; ``retain_graph`` is then honoured also with ``create_graph`` (torch's grad()).
     """
     wrap = root._wrap

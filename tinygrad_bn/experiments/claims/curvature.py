@@ -314,7 +314,7 @@ def plot(r, path):
                  title="learning-rate sweep (same net and init)")
     for ax in axes:
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7, loc="center left" if ax is ax_sweep else "best")
+        ax.legend(fontsize=7, loc="lower right" if ax is ax_sweep else "best")
     fig.suptitle(f"{TITLE} (784-100-100-100-10 sigmoid MLP, init std {c['init_std']}, MNIST 5k, "
                  f"SGD lr {c['lr']})", fontsize=10)
     fig.tight_layout()

@@ -156,3 +156,17 @@ def test_demo_scripts_run_quick(script, tmp_path, monkeypatch, capsys):
     runpy.run_path(path, run_name="__main__")
     assert "figure:" in capsys.readouterr().out
     assert [f for f in os.listdir(tmp_path) if f.endswith(".png")]
+
+
+def test_curvature_claim_measures_both_variants(quick_run):
+    r = result(quick_run, "curvature")
+    n = len(r["config"]["checkpoints"])
+    for variant in ("no_bn", "bn"):
+        k = r[variant]
+        assert len(k["lambda_max"]) == len(k["step"]) == n
+        # the top eigenvalue of a loss Hessian is positive here, and the power iteration's
+        # vector is an eigenvector up to its stated residual
+        assert all(v > 0 for v in k["lambda_max"]) and all(h >= 1 for h in k["hvps"])
+        assert np.asarray(k["grad_change"]).shape == (n, len(r["config"]["etas"]))
+        assert abs(sum(k["share"][-1]) - 1) < 1e-9  # the eigenvector's mass, per parameter
+        assert len(k["sweep"]) == len(r["config"]["sweep_lrs"])

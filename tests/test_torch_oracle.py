@@ -26,6 +26,10 @@ TORCH_BY_LABEL = {
     "x ** 2": lambda x: x ** 2, "x ** -1.5": lambda x: x ** -1.5,
     "x[1:, ::2]": lambda x: x[1:, ::2],
     "x[[0,2,2,1]] (repeated)": lambda x: x[torch.tensor([0, 2, 2, 1])],
+    "scatter_add(x, [0,2,2,1], (3,4)) (repeated)": lambda x: torch.zeros(
+        3, 4, dtype=x.dtype).index_put((torch.tensor([0, 2, 2, 1]),), x, accumulate=True),
+    "scatter_add(x, (1:, ::2), (3,4))": lambda x: torch.zeros(3, 4, dtype=x.dtype).index_put(
+        (torch.tensor([[1], [2]]), torch.tensor([[0, 2]])), x, accumulate=True),
 }
 BINARY = {"add": lambda x, y: x + y, "sub": lambda x, y: x - y, "mul": lambda x, y: x * y,
           "div": lambda x, y: x / y, "pow": lambda x, y: x ** y, "matmul": lambda x, y: x @ y}

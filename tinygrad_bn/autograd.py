@@ -264,19 +264,22 @@ def backward(root, grad, retain_graph=False, create_graph=False, inputs=None):
     ``.grad``; with ``inputs`` (vertices), nothing is stored and their gradients are returned
     in a dict instead (``tinygrad_bn.grad``). Unless ``retain_graph``, each node frees what it
     saved once its rules have run. With ``create_graph`` the rules run on Tensors, so the
-    gradients are recorded too and can be differentiated again (higher order).
+    gradients are recorded too and can be differentiated again (higher order); backward() then
+    keeps the graph, grad() keeps it only with ``retain_graph``, as PyTorch.
     """
     wrap = root._wrap
     if create_graph:
         grad = wrap(grad) if type(grad) is np.ndarray else grad
+        # backward() keeps the recorded graph: ``.grad`` is differentiated through it later
+        keep = True if inputs is None else retain_graph
         with enable_grad():
-            return _backward(root, grad, retain_graph, True, inputs, wrap)
+            return _backward(root, grad, keep, True, inputs, wrap)
     return _backward(root, grad, retain_graph, False, inputs, wrap)
 
 
 def _backward(root, grad, retain_graph, create_graph, inputs, wrap):
     order = toposort(root)
-    dispatch.backward_started(order, create_graph)
+    dispatch.backward_started(order, create_graph or inputs is not None)
     grads = {order[-1]: grad}
     found = {} if inputs is not None else None
     # Arrays stored in some .grad during this pass: never stored twice (no two gradients share

@@ -55,7 +55,7 @@ def forward(op, inputs, attrs):
         out = _STATE.hook.forward(op, inputs, attrs)
     else:
         try:
-            fwd = _FORWARD[op]
+            fwd = _KERNEL[op].forward
         except KeyError:
             fwd = _kernel(op).forward
         if len(inputs) == 2 and not attrs:  # spelled out: this runs for every operation
@@ -75,7 +75,7 @@ def vjp(op, i, g, out, inputs, attrs):
         pg = _STATE.hook.vjp(op, i, g, out, inputs, attrs)
     else:
         try:
-            rule = _VJPS[op][i]
+            rule = _KERNEL[op].vjps[i]
         except KeyError:
             rule = _kernel(op).vjps[i]
         pg = rule(g, out, *inputs, **attrs) if attrs else rule(g, out, *inputs)
@@ -153,15 +153,16 @@ def alias(out, original):
         _STATE.hook.alias(out, original)
 
 
-def backward_started(vertices, create_graph):
-    """A backward pass is about to run through ``vertices``."""
+def backward_started(vertices, recorded):
+    """A backward pass is about to run through ``vertices`` (``recorded``: create_graph, or
+    gradients returned by grad() rather than stored)."""
     if _hooked_threads and _STATE.hook is not None:
-        _STATE.hook.backward_started(vertices, create_graph)
+        _STATE.hook.backward_started(vertices, recorded)
 
 
 # ---- kernels by op ----
 
-_KERNEL, _FORWARD, _VJPS = {}, {}, {}  # by op: its kernel, and that kernel's forward and rules
+_KERNEL = {}  # by op: the kernel that runs it on arrays
 
 
 def _kernel(op):
@@ -169,7 +170,6 @@ def _kernel(op):
     k = _KERNEL.get(op)
     if k is None:  # ops without overrides (also ops defined outside ops.py) get the textbook
         k = _KERNEL[op] = kernels.KERNELS.get(op) or kernels.Kernel(op)
-        _FORWARD[op], _VJPS[op] = k.forward, k.vjps
     return k
 
 

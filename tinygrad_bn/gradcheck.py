@@ -11,7 +11,8 @@ import warnings
 import numpy as np
 
 from . import ops
-from .autograd import is_node, no_grad, toposort
+from .autograd import enable_grad, is_node, keep_values, no_grad, toposort
+from .functional_grad import grad
 from .nn import functional as F
 from .tensor import Tensor
 
@@ -186,7 +187,8 @@ def gradcheck_report(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, *, seed=0, upst
     # The analytic pass: fresh float64 Tensors over copies (nothing recorded on the caller's).
     tensors = [Tensor(a.copy(), requires_grad=c, name=getattr(x, "name", None))
                for a, c, x in zip(arrays, checked, _as_list(inputs))]
-    out = fn(*tensors)
+    with keep_values():  # every node keeps its input, so _kinks can look at relu's
+        out = fn(*tensors)
     u = default_upstream(getattr(out, "shape", ()), seed) if upstream is None else upstream
     _check_output(out, u)
     u = np.asarray(u, dtype=np.float64)
@@ -396,6 +398,100 @@ def _table(rows, with_output):
 
 def _fmt(x, width=0, spec=".1e"):
     return f"{'nan' if x is None else format(x, spec):>{width}}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Second derivatives: gradcheck of the gradient
+# ---------------------------------------------------------------------------------------------
+
+def gradgradcheck(fn, inputs, grad_outputs=None, eps=1e-6, atol=1e-5, rtol=1e-3, *, seed=0):
+    """True if second derivatives match central differences of the first, else GradcheckError.
+
+    The first derivative G(x, u) = d<u, fn(x)>/dx, with a random cotangent u (or
+    ``grad_outputs``), is computed with create_graph=True and checked like any function by
+    gradcheck: its derivative w.r.t. each input x (the Hessian of <u, fn>; in full when small)
+    and w.r.t. u (the Jacobian again, as the recorded rules compute it) against float64
+    central differences of G. Inputs as for gradcheck.
+    """
+    report = gradgradcheck_report(fn, inputs, grad_outputs, eps, atol, rtol, seed=seed)
+    for w in report["warnings"]:
+        warnings.warn(w, GradcheckWarning, stacklevel=2)
+    if not report["passed"]:
+        lines = [line.replace("gradient of sum(fn(...) * u), u a fixed random upstream gradient",
+                              "derivative of sum(G(x, u) * w), w a fixed random weight")
+                 for line in format_failure(report).splitlines()]
+        lines[0] = lines[0].replace("gradcheck failed: autodiff and central differences",
+                                    "gradgradcheck failed: the derivatives of the gradient and "
+                                    "central differences of the gradient")
+        lines.insert(1, "The function checked is the gradient G(x, u) = d<u, fn(x)>/dx, its "
+                        "entries (input k, index i) in output order; u is the cotangent "
+                        "(grad_outputs).")
+        lines[-1:-1] = ["If only the inputs (not grad_outputs) fail, a derivative rule is right "
+                        "in value but wrong as a function: check how it runs on Tensors "
+                        "(create_graph=True)."]
+        raise GradcheckError("\n".join(lines))
+    return True
+
+
+def gradgradcheck_report(fn, inputs, grad_outputs=None, eps=1e-6, atol=1e-5, rtol=1e-3, *,
+                         seed=0):
+    """The comparison gradgradcheck makes, as gradcheck_report's JSON-ready data."""
+    arrays, checked, names, notes = _prepare(inputs)
+    idx = [k for k, c in enumerate(checked) if c]
+    with no_grad():
+        out = fn(*[Tensor._wrap(a) for a in arrays])
+    _check_output(out, np.zeros(out.shape) if grad_outputs is None else grad_outputs)
+    rng_seed = seed + 1  # a cotangent other than gradcheck's upstream of the gradient
+    u = default_upstream(out.shape, rng_seed) if grad_outputs is None else grad_outputs
+    u = np.array(getattr(u, "data", u), dtype=np.float64)
+    sizes = [arrays[k].size for k in idx]
+    offsets = np.cumsum([0] + sizes)
+
+    def first_derivative(*ts):
+        """The gradients of <u, fn> for the checked inputs, flattened and joined (scatter_add)."""
+        *xs, cot = ts
+        record = any(t.requires_grad for t in ts)
+        with enable_grad():
+            # The numeric pass hands in constants: differentiate w.r.t. leaves over their data.
+            xs = [t if t.requires_grad else Tensor._wrap(t.data, True) for t in xs]
+            args = [Tensor._wrap(a) for a in arrays]
+            for k, t in zip(idx, xs):
+                args[k] = t
+            y = fn(*args)
+            if not y.requires_grad:
+                return Tensor._wrap(np.zeros(offsets[-1]))
+            gs = grad(y, xs, cot, create_graph=record, allow_unused=True)
+        joined = None
+        for g, lo, hi in zip(gs, offsets[:-1], offsets[1:]):
+            if g is None:
+                continue
+            part = g.reshape(-1).scatter_add(slice(lo, hi), (int(offsets[-1]),))
+            joined = part if joined is None else joined + part
+        return Tensor._wrap(np.zeros(offsets[-1])) if joined is None else joined
+
+    cot_name = "grad_outputs" if grad_outputs is not None else "the cotangent u"
+    report = gradcheck_report(first_derivative, [arrays[k] for k in idx] + [u], eps, atol, rtol,
+                              seed=seed)
+    entry = [(k, arrays[k].shape) for k in idx]  # per part of the joined gradient
+    for r in report["inputs"]:
+        j = r["position"]
+        r["position"] = idx[j] if j < len(idx) else None
+        r["name"] = names[idx[j]] if j < len(idx) else f"{cot_name} (shape {u.shape})"
+        if r["jacobian"] is not None:
+            for w in r["jacobian"]["worst"]:
+                (o,) = w["output_index"]
+                j_out = int(np.searchsorted(offsets, o, side="right")) - 1
+                k, shape = entry[j_out]
+                w["output_index"] = [k, *np.unravel_index(o - offsets[j_out], shape)]
+                w["output_index"] = [int(v) for v in w["output_index"]]
+    # A zero second derivative is a fact about fn (it is linear in that input), not a vacuous
+    # check: the cotangent's row still checks the recorded rules.
+    vacuous = [r["name"] for r in report["inputs"] if r["vacuous"] and r["position"] is not None]
+    report["warnings"] = [w for w in report["warnings"] if "~0 everywhere" not in w]
+    report["notes"] = notes + [f"the second derivative w.r.t. {n} is ~0 (fn is linear in it)"
+                               for n in vacuous]
+    report["check"] = "second derivative"
+    return report
 
 
 # ---------------------------------------------------------------------------------------------

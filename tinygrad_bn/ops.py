@@ -178,10 +178,16 @@ GETITEM = Op("getitem", lambda x, index: x[index],
              lambda g, out, x, index: scatter_add(g, index, x.shape),
              reads=(), show=("[{index}]", "scatter into {in_shape}"))
 
+# Indexing's derivative as a primitive of its own, so it can be differentiated again
+# (create_graph): zeros of ``shape`` with x added at ``index``. Its derivative is indexing.
+SCATTER_ADD = Op("scatter_add", lambda x, index, shape: scatter_add(x, index, shape),
+                 lambda g, out, x, index, shape: g[index],
+                 reads=(), show=("scatter into {shape}", "[{index}]"))
+
 
 # The table the tests, gradcheck and the renderer iterate over.
 PRIMITIVES = (ADD, SUB, MUL, DIV, POW, NEG, POW_SCALAR, SQRT, EXP, LOG, RELU, SIGMOID, TANH,
-              MATMUL, SUM, MEAN, MAX, RESHAPE, TRANSPOSE, EXPAND, CAST, GETITEM)
+              MATMUL, SUM, MEAN, MAX, RESHAPE, TRANSPOSE, EXPAND, CAST, GETITEM, SCATTER_ADD)
 
 
 # ---- helpers of the rules: the same call on an ndarray and on a Tensor ----
@@ -218,7 +224,7 @@ def scatter_add(g, index, shape):
         out = np.zeros(shape, dtype=g.dtype)
         np.add.at(out, index, g)
         return out
-    return g.scatter_add(index, shape)
+    return g.scatter_add(index, shape)  # a Tensor: the SCATTER_ADD primitive, recorded
 
 
 def equal(a, b):

@@ -77,4 +77,9 @@ SAMPLES = {
                     "any")],
     "getitem": [Sample("x[1:, ::2]", lambda x: x[1:, ::2], [(3, 4)], "any"),
                 Sample("x[[0,2,2,1]] (repeated)", lambda x: x[_IDX], [(3, 4)], "any")],
+    "scatter_add": [Sample("scatter_add(x, [0,2,2,1], (3,4)) (repeated)",
+                           lambda x: x.scatter_add(_IDX, (3, 4)), [(4, 4)], "any"),
+                    Sample("scatter_add(x, (1:, ::2), (3,4))",
+                           lambda x: x.scatter_add((slice(1, None), slice(None, None, 2)), (3, 4)),
+                           [(2, 2)], "any")],
 }

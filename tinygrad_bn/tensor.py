@@ -450,10 +450,20 @@ class Tensor:
     def __getitem__(self, index):
         return _apply(ops.GETITEM, self, index=_index_arg(index))
 
-    # The derivative rules call this when they run on Tensors (create_graph=True).
     def scatter_add(self, index, shape):
-        raise NotImplementedError("higher-order gradients through indexing (x[index]) are not "
-                                  "supported yet; use create_graph=False for graphs with indexing")
+        """Zeros of ``shape`` with self added at ``index`` (repeats accumulate): the derivative
+        of ``x[index]``, which indexing's rule calls on Tensors (create_graph=True)."""
+        shape = _shape_arg((shape,))
+        index = _index_arg(index)
+        try:
+            target = np.empty(shape, dtype=bool)[index].shape
+        except IndexError as e:
+            raise IndexError(f"scatter_add: index {index!r} does not fit shape {shape}: {e}") \
+                from None
+        if target != self.shape:
+            raise ValueError(f"scatter_add: a tensor of shape {self.shape} cannot be added at "
+                             f"an index that selects shape {target} of {shape}")
+        return _apply(ops.SCATTER_ADD, self, index=index, shape=shape)
 
 
 # ---- helpers: the one place ops are applied ----

@@ -3,9 +3,9 @@ import os
 import sys
 
 HELP = "demo the lecture notes' claims (inputs, hyperparams, sigmoid, running-stats, " \
-       "covariate-shift) with plots"
+       "covariate-shift, curvature) with plots"
 
-NAMES = ("inputs", "hyperparams", "sigmoid", "running-stats", "covariate-shift")
+NAMES = ("inputs", "hyperparams", "sigmoid", "running-stats", "covariate-shift", "curvature")
 SECTION_ORDER = 60  # after the demo's built-in parts (10, 20, 30), in the notes' order
 
 
@@ -26,13 +26,14 @@ def add_arguments(parser):
     parser.add_argument("--progress", action="store_true", help="progress bars while training")
 
 
-def add_to_report(out_dir, name, title, conclusion, png):
-    """The claim as a section of report.html: one paragraph per line of its conclusion."""
+def add_to_report(out_dir, name, title, conclusion, png, table=None):
+    """The claim as a section of report.html: one paragraph per line of its conclusion (and
+    the claim's table of numbers, if it has one)."""
     from .. import report
     from ..experiments.claims import file_stem
     paragraphs = "\n\n".join(line.strip() for line in conclusion.splitlines() if line.strip())
     return report.add_section(out_dir, file_stem(name), f"Claim: {title}", paragraphs,
-                              image=os.path.relpath(png, out_dir),
+                              image=os.path.relpath(png, out_dir), table=table,
                               order=SECTION_ORDER + NAMES.index(name))
 
 
@@ -62,8 +63,9 @@ def run(args):
         done = run_claim(name, args.out, quick=args.quick, data=data, seed=args.seed,
                          progress=args.progress, jobs=args.jobs)
         total += done["seconds"]
+        table = getattr(CLAIMS[name], "table", None)
         section = add_to_report(args.out, name, CLAIMS[name].TITLE, done["conclusion"],
-                                done["paths"]["png"])
+                                done["paths"]["png"], table and table(done["results"]))
         print(done["conclusion"])
         print(f"   ({done['seconds']:.1f} s) wrote {done['paths']['png']}, "
               f"{os.path.basename(done['paths']['json'])}, "

@@ -134,9 +134,10 @@ class Tape:
         """A value read out of a tensor inside the step: refused (it would be frozen)."""
         refuse(what)
 
-    def backward_started(self, vertices, create_graph):
-        if create_graph:
-            raise JitError("backward(create_graph=True) inside a jit step is not supported")
+    def backward_started(self, vertices, recorded):
+        if recorded:
+            raise JitError("backward(create_graph=True) and grad() inside a jit step are not "
+                           "supported; call loss.backward() in the step")
         self.backpropagated.update(vertices)
 
     def _run(self, fn, spec, args, kwargs):

@@ -7,11 +7,12 @@ JSON, PNG and the conclusion as text (the ``claims`` command adds them to report
 import os
 import time
 
-from . import covariate_shift, hyperparams, inputs, running_stats, sigmoid
+from . import covariate_shift, curvature, hyperparams, inputs, running_stats, sigmoid
 from .common import write_json
 
-CLAIMS = {m.NAME: m for m in (inputs, hyperparams, sigmoid, running_stats, covariate_shift)}
-NEEDS_MNIST = {"hyperparams", "sigmoid", "running-stats", "covariate-shift"}
+CLAIMS = {m.NAME: m for m in (inputs, hyperparams, sigmoid, running_stats, covariate_shift,
+                               curvature)}
+NEEDS_MNIST = {"hyperparams", "sigmoid", "running-stats", "covariate-shift", "curvature"}
 
 
 def file_stem(name):

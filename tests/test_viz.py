@@ -13,7 +13,7 @@ needs_dot = pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz 'do
 
 # The primitive ops of training-mode batch norm on (N, C) input, with the paper's names.
 BN_STEPS = [("μ_B", "mean", "(1, 3)"), ("x − μ_B", "sub", "(8, 3)"),
-            ("(x − μ_B)²", "pow", "(8, 3)"), ("σ²_B", "mean", "(1, 3)"),
+            ("(x − μ_B)²", "pow_scalar", "(8, 3)"), ("σ²_B", "mean", "(1, 3)"),
             ("σ²_B + ε", "add", "(1, 3)"), ("√(σ²_B + ε)", "sqrt", "(1, 3)"),
             ("x̂", "div", "(8, 3)"), ("γ·x̂", "mul", "(8, 3)"), ("y = γ·x̂ + β", "add", "(8, 3)")]
 

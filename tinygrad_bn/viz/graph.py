@@ -180,7 +180,7 @@ class Graph:
             if self.kind[t] == "const":
                 return text.number(t.data) if t.data.size == 1 else "const"
             return self.paper_symbol(t) or self.param_names.get(t) or t.name or "input"
-        counters[ctx.op.name] = k = counters.get(ctx.op.name, 0) + 1
+        counters[ctx.op] = k = counters.get(ctx.op, 0) + 1
         if t.name:
             return _lhs(t.name)
         if any(p in self.fallback for p in ctx.inputs):

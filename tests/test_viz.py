@@ -279,3 +279,6 @@ def test_ops_outside_the_table_are_drawn_by_their_own_show_or_their_name():
     forward = " | ".join(nodes(viz.to_dot(apply_op(twice, a))).values())
     backward = " | ".join(nodes(viz.to_dot(apply_op(twice, a), direction="backward")).values())
     assert "twice(a)  twice" in forward and "1. vjp of twice" in backward
+    broken = ops.Op("broken", lambda x: x, lambda g, out, x: g, reads=(), show=("f{x", "·1"))
+    with pytest.raises(ValueError, match="Op broken: show text 'f{x'"):
+        viz.to_dot(apply_op(broken, a))

@@ -12,9 +12,7 @@ import shutil
 
 import graphviz
 
-from . import graph as build
-from . import text
-from .graph import Graph, walk
+from . import graph, text
 
 # Fill colours: kinds of nodes, told apart at a glance (and listed in the legend).
 COLORS = {
@@ -71,14 +69,14 @@ def draw(tensor, params=None, *, show_grad=False, show_data=False, collapse=Fals
     """
     if direction not in ("forward", "backward"):
         raise ValueError(f"direction must be 'forward' or 'backward', got {direction!r}")
-    order = walk(tensor)
+    order = graph.walk(tensor)
     if show_grad and not any(t.grad is not None for t in order):
         raise ValueError(
             "show_grad=True, but no tensor of this graph has a gradient. Run "
             "viz.capture_grads(loss) (retain_grad() on every node + backward(retain_graph=True)) "
             "before drawing, or pass show_grad=False")
-    g = Graph(order, params)
-    items = build.build(g, direction, show_grad, show_data)
+    g = graph.Graph(order, params)
+    items = graph.build(g, direction, show_grad, show_data)
     return _emit(g, items, collapse=collapse, expand=expand, title=title, legend=legend,
                  rankdir=rankdir, direction=direction, show_grad=show_grad)
 
@@ -308,13 +306,13 @@ def _box_label(g, label, members, direction, show_grad):
     if direction == "forward":
         for t in outs[:1]:
             lines.append("→ " + text.shape_text(t))
-            small = build.grad_lines(t, show_grad, False)
+            small = graph.grad_lines(t, show_grad, False)
     else:
         steps = sum(1 for n in members if n["tensor"] is None)  # the rule nodes
         lines.append(f"{steps} derivative rules")
         for p in params:
             small += [(f"∂L/∂{g.param_names.get(p, 'parameter')}  {s}", c)
-                      for s, c in build.grad_lines(p, show_grad, False, value=False)]
+                      for s, c in graph.grad_lines(p, show_grad, False, value=False)]
     return _html(name + (" backward" if direction == "backward" else ""), lines, small=small)
 
 

@@ -13,7 +13,7 @@ import string
 
 import numpy as np
 
-INPUTS = ("x", "y", "z")  # the placeholders of the inputs, in order
+INPUTS = ("x", "y")  # the placeholders of the inputs, in order (as ``Op`` names them)
 _FORMATTER = string.Formatter()
 _SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
 
@@ -21,10 +21,10 @@ _SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
 def label(op, attrs, names):
     """The op applied to the named inputs, from its label: ``(x − μ_B)²``."""
     text = _show(op)[0]
-    fields = {f for _, f, _, _ in _FORMATTER.parse(text) if f}
+    fields = {f for _, f, _, _ in _parse(op, text) if f}
     if not fields & set(INPUTS):  # a label that does not place its inputs: f(x, y)
         text += "(" + ", ".join("{%s}" % n for n in INPUTS[:len(names)]) + ")"
-    return fill(text, dict(zip(INPUTS, names)), attrs)
+    return fill(text, dict(zip(INPUTS, names)), attrs, op=op)
 
 
 def derivative(op, i, attrs, names, out, in_shape):
@@ -33,11 +33,21 @@ def derivative(op, i, attrs, names, out, in_shape):
     if i + 1 >= len(show):
         return f"vjp of {op.name}"
     values = dict(zip(INPUTS, names), out=out)
-    return fill(show[i + 1], values, attrs, _derived(attrs, in_shape))
+    return fill(show[i + 1], values, attrs, _derived(attrs, in_shape), op=op)
 
 
 def _show(op):
     return tuple(getattr(op, "show", None) or (op.name,))
+
+
+def _parse(op, template):
+    try:
+        return list(_FORMATTER.parse(template))
+    except ValueError as e:
+        name = getattr(op, "name", "?")
+        raise ValueError(f"Op {name}: show text {template!r} is not a template ({e}); write "
+                         f"placeholders as {{x}}, {{y}}, {{out}} or an attribute's name, and "
+                         f"literal braces doubled") from None
 
 
 def _derived(attrs, in_shape):
@@ -56,14 +66,14 @@ def _derived(attrs, in_shape):
     return out
 
 
-def fill(template, names, attrs, derived=None):
+def fill(template, names, attrs, derived=None, op=None):
     """``template`` with its placeholders filled; one it cannot fill is left as ``{name}``.
 
     A compound name is parenthesized unless the template already encloses it, "÷{y}" gives
     "÷(σ²_B + ε)" but "exp({x})" no double parentheses; then "^(2−1)" is worked out, "^1"
     dropped and a small integer power set as a superscript.
     """
-    parts = list(_FORMATTER.parse(template))
+    parts = _parse(op, template)
     text = ""
     for k, (literal, field, _, _) in enumerate(parts):
         text += literal

@@ -6,14 +6,17 @@ import xml.etree.ElementTree as ET
 import numpy as np
 import pytest
 
-from tinygrad_bn import Tensor, nn, viz
+from tinygrad_bn import Tensor, nn, ops, viz
 from tinygrad_bn.cli import main as cli_main
+from tinygrad_bn.samples import SAMPLES, make_inputs
+from tinygrad_bn.tensor import apply_op
+from tinygrad_bn.viz import text
 
 needs_dot = pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz 'dot' not installed")
 
 # The primitive ops of training-mode batch norm on (N, C) input, with the paper's names.
 BN_STEPS = [("μ_B", "mean", "(1, 3)"), ("x − μ_B", "sub", "(8, 3)"),
-            ("(x − μ_B)²", "pow", "(8, 3)"), ("σ²_B", "mean", "(1, 3)"),
+            ("(x − μ_B)²", "pow_scalar", "(8, 3)"), ("σ²_B", "mean", "(1, 3)"),
             ("σ²_B + ε", "add", "(1, 3)"), ("√(σ²_B + ε)", "sqrt", "(1, 3)"),
             ("x̂", "div", "(8, 3)"), ("γ·x̂", "mul", "(8, 3)"), ("y = γ·x̂ + β", "add", "(8, 3)")]
 
@@ -229,3 +232,53 @@ def test_values_the_graph_did_not_keep_are_marked_and_keep_values_keeps_them():
                   if re.search(r"μ_B\)²\s+pow", s))
     centered = x.data - x.data.mean(axis=0)
     assert f"max {(centered ** 2).max():.3g}" in square
+
+
+@pytest.mark.parametrize("op", ops.PRIMITIVES, ids=lambda op: op.name)
+def test_every_primitive_is_drawn_from_its_show_texts(op):
+    # one label and one derivative text per input, and every placeholder fillable on the
+    # samples: an unknown one would stay in the drawing as "{name}"
+    assert len(op.show) == 1 + len(op.vjps) and all(isinstance(s, str) and s for s in op.show)
+    rng = np.random.default_rng(0)
+    for sample in SAMPLES[op.name]:
+        args = [Tensor(a, requires_grad=True, name=n)
+                for a, n in zip(make_inputs(sample, rng), "ab")]
+        out = sample.fn(*args)
+        forward = " | ".join(nodes(viz.to_dot(out)).values())
+        backward = " | ".join(nodes(viz.to_dot(out, direction="backward")).values())
+        assert re.search(rf"\b{op.name}\b", forward), (sample.label, forward)
+        for drawing in (forward, backward):
+            assert "{" not in drawing and "}" not in drawing, (sample.label, drawing)
+        assert "vjp of" not in backward and f"{op.name} #" not in backward, sample.label
+
+
+def test_show_texts_fill_names_attributes_and_powers():
+    x = "x − μ_B"
+    power = "·{exponent}·{x}^({exponent}−1)"
+    assert text.fill(power, {"x": x}, {"exponent": 2}) == "·2·(x − μ_B)"
+    assert text.fill(power, {"x": x}, {"exponent": 3}) == "·3·(x − μ_B)²"
+    assert text.fill(power, {"x": "a"}, {"exponent": -1.5}) == "·-1.5·a^-2.5"
+    assert text.fill("exp({x})", {"x": "a + b"}, {}) == "exp(a + b)"  # already enclosed
+    assert text.fill("÷{y}", {"y": "√(σ²_B + ε)"}, {}) == "÷√(σ²_B + ε)"
+    assert text.fill("{x}·{y}", {"x": "(a) + (b)", "y": "c"}, {}) == "((a) + (b))·c"
+    index = (slice(1, None), slice(None, None, 2))
+    assert text.fill("{x}[{index}]", {"x": "a"}, {"index": index}) == "a[1:, ::2]"
+    assert text.fill("÷{n}, {what}", {}, {}, {"n": 8}) == "÷8, {what}"  # unknown: left visible
+
+
+def test_ops_outside_the_table_are_drawn_by_their_own_show_or_their_name():
+    # e.g. distributed's all_reduce: an Op defined elsewhere, applied through the same seam
+    a = Tensor(np.ones(3), requires_grad=True, name="a")
+    all_reduce = ops.Op("all_reduce", lambda x: x, lambda g, out, x: g, reads=(),
+                        show=("Σ_ranks {x}", "copy to every rank"))
+    labels = " | ".join(nodes(viz.to_dot(apply_op(all_reduce, a * 2), direction="backward"))
+                        .values())
+    assert "∂L/∂(Σ_ranks (a·2))" in labels and "1. copy to every rank" in labels
+    twice = ops.Op("twice", lambda x: 2 * x, lambda g, out, x: 2 * g, reads=())
+    del twice.show  # an op-like object with no picture at all
+    forward = " | ".join(nodes(viz.to_dot(apply_op(twice, a))).values())
+    backward = " | ".join(nodes(viz.to_dot(apply_op(twice, a), direction="backward")).values())
+    assert "twice(a)  twice" in forward and "1. vjp of twice" in backward
+    broken = ops.Op("broken", lambda x: x, lambda g, out, x: g, reads=(), show=("f{x", "·1"))
+    with pytest.raises(ValueError, match="Op broken: show text 'f{x'"):
+        viz.to_dot(apply_op(broken, a))

@@ -10,9 +10,9 @@ Each primitive is one block, ``Op(name, forward, *derivatives, reads=..., show=.
 * ``reads``: which of ``x``, ``y`` (the inputs, in order) and ``out`` the derivatives read. The
   graph keeps only those alive until backward (PyTorch's saved tensors); an input that is not
   read reaches the derivative as a stand-in with just ``.shape`` and ``.dtype``.
-* ``show``: how the renderer draws it: a short label, then per input the local derivative
-  applied to the incoming gradient, with ``{x}``, ``{y}``, ``{out}`` and the attributes as
-  placeholders.
+* ``show``: how the renderer draws it: the op as an expression of its inputs, then per input the
+  local derivative applied to the incoming gradient, with ``{x}``, ``{y}``, ``{out}`` and the
+  attributes as placeholders.
 
 The derivatives use only operations numpy arrays and ``Tensor`` share, so the same rule runs on
 Tensors to record the backward pass itself (higher-order gradients). This module knows numpy,
@@ -39,7 +39,7 @@ class Op:
         self.name, self.forward, self.vjps, self.reads = name, forward, vjps, tuple(reads)
         self.reads_inputs = tuple(n in reads for n in names)
         self.reads_out = "out" in reads
-        self.show = show or (name,) + ("∂",) * len(vjps)
+        self.show = show or (name,)  # the renderer draws an op without texts by its name
 
     def __repr__(self):
         return f"Op({self.name})"
@@ -50,22 +50,22 @@ class Op:
 ADD = Op("add", np.add,
          lambda g, out, x, y: g,
          lambda g, out, x, y: g,
-         reads=(), show=("+", "·1", "·1"))
+         reads=(), show=("{x} + {y}", "·1", "·1"))
 
 SUB = Op("sub", np.subtract,
          lambda g, out, x, y: g,
          lambda g, out, x, y: -g,
-         reads=(), show=("−", "·1", "·(−1)"))
+         reads=(), show=("{x} − {y}", "·1", "·(−1)"))
 
 MUL = Op("mul", np.multiply,
          lambda g, out, x, y: g * y,
          lambda g, out, x, y: g * x,
-         reads=("x", "y"), show=("×", "·{y}", "·{x}"))
+         reads=("x", "y"), show=("{x}·{y}", "·{y}", "·{x}"))
 
 DIV = Op("div", np.true_divide,
          lambda g, out, x, y: g / y,
          lambda g, out, x, y: -g * x / (y * y),
-         reads=("x", "y"), show=("÷", "÷{y}", "·(−{x} ÷ {y}²)"))
+         reads=("x", "y"), show=("{x} / {y}", "÷{y}", "·(−{x} ÷ {y}²)"))
 
 # z = x ** y with a tensor exponent. d/dx is 0 where y = 0 (also at x = 0, as PyTorch: x**0 is
 # the constant 1), which the exponent y - 1 + [y = 0] gives without 0 * inf. d/dy = z log x,
@@ -73,38 +73,38 @@ DIV = Op("div", np.true_divide,
 POW = Op("pow", np.power,
          lambda g, out, x, y: g * y * x ** (y - 1 + equal(y, 0)),
          lambda g, out, x, y: g * out * log_or_zero(x),
-         reads=("x", "y", "out"), show=("pow", "·{y}·{x}^({y}−1)", "·{out}·log {x}"))
+         reads=("x", "y", "out"), show=("{x}^{y}", "·{y}·{x}^({y}−1)", "·{out}·log {x}"))
 
 
 # ---- elementwise unary ----
 
 NEG = Op("neg", np.negative,
          lambda g, out, x: -g,
-         reads=(), show=("−", "·(−1)"))
+         reads=(), show=("−{x}", "·(−1)"))
 
 # z = x ** p for a constant p (an attribute, so the graph can show it); x**0 is the constant 1.
 POW_SCALAR = Op("pow_scalar", lambda x, exponent: x ** exponent,
                 lambda g, out, x, exponent:
                     g * exponent * x ** (exponent - 1) if exponent != 0 else g * 0,
-                reads=("x",), show=("pow {exponent}", "·{exponent}·{x}^({exponent}−1)"))
+                reads=("x",), show=("{x}^{exponent}", "·{exponent}·{x}^({exponent}−1)"))
 
 SQRT = Op("sqrt", np.sqrt,
           lambda g, out, x: g / (2 * out),
-          reads=("out",), show=("√", "÷(2·{out})"))
+          reads=("out",), show=("√{x}", "÷(2·{out})"))
 
 EXP = Op("exp", np.exp,
          lambda g, out, x: g * out,
-         reads=("out",), show=("exp", "·{out}"))
+         reads=("out",), show=("exp({x})", "·{out}"))
 
 LOG = Op("log", np.log,
          lambda g, out, x: g / x,
-         reads=("x",), show=("log", "÷{x}"))
+         reads=("x",), show=("log({x})", "÷{x}"))
 
 # relu'(0) = 0, as PyTorch; written as "not out <= 0" so a NaN passes g through, as PyTorch.
 # It reads the output, which the next layer keeps anyway: the input need not stay alive.
 RELU = Op("relu", lambda x: np.maximum(x, 0),
           lambda g, out, x: g * ~(out <= 0),
-          reads=("out",), show=("relu", "·[{x} > 0]"))
+          reads=("out",), show=("relu({x})", "·[{x} > 0]"))
 
 
 def _sigmoid(x):
@@ -115,11 +115,11 @@ def _sigmoid(x):
 
 SIGMOID = Op("sigmoid", _sigmoid,
              lambda g, out, x: g * out * (1 - out),
-             reads=("out",), show=("σ", "·σ(1 − σ)"))
+             reads=("out",), show=("σ({x})", "·σ(1 − σ)"))
 
 TANH = Op("tanh", np.tanh,
           lambda g, out, x: g * (1 - out * out),
-          reads=("out",), show=("tanh", "·(1 − tanh²)"))
+          reads=("out",), show=("tanh({x})", "·(1 − tanh²)"))
 
 
 # ---- linear algebra: z = x @ y over the last two axes, leading axes broadcast ----
@@ -127,20 +127,20 @@ TANH = Op("tanh", np.tanh,
 MATMUL = Op("matmul", np.matmul,
             lambda g, out, x, y: g @ swap_last(y),
             lambda g, out, x, y: swap_last(x) @ g,
-            reads=("x", "y"), show=("@", "@ {y}ᵀ", "{x}ᵀ @"))
+            reads=("x", "y"), show=("{x} @ {y}", "@ {y}ᵀ", "{x}ᵀ @"))
 
 
 # ---- reductions over ``axis``, a sorted tuple of axes (see normalize_axis) ----
 
 SUM = Op("sum", lambda x, axis, keepdims: np.add.reduce(x, axis, keepdims=keepdims),
          lambda g, out, x, axis, keepdims: broadcast_to(unreduce(g, x, axis, keepdims), x.shape),
-         reads=(), show=("sum {axis}", "copy {spread}"))
+         reads=(), show=("sum({x})", "copy {spread}"))
 
 MEAN = Op("mean", lambda x, axis, keepdims: np.add.reduce(x, axis, keepdims=keepdims)
           / count(x.shape, axis),
           lambda g, out, x, axis, keepdims:
               broadcast_to(unreduce(g, x, axis, keepdims) / count(x.shape, axis), x.shape),
-          reads=(), show=("mean {axis}", "÷{n}, copy {spread}"))
+          reads=(), show=("mean({x})", "÷{n}, copy {spread}"))
 
 
 # Ties share the gradient equally (as PyTorch's amax does), so it still sums to g.
@@ -151,32 +151,32 @@ def _max_vjp(g, out, x, axis, keepdims):
 
 MAX = Op("max", lambda x, axis, keepdims: np.maximum.reduce(x, axis, keepdims=keepdims),
          _max_vjp,
-         reads=("x", "out"), show=("max {axis}", "to the max entries"))
+         reads=("x", "out"), show=("max({x})", "to the max entries"))
 
 
 # ---- shape ----
 
 RESHAPE = Op("reshape", lambda x, shape: x.reshape(shape),
              lambda g, out, x, shape: g.reshape(x.shape),
-             reads=(), show=("reshape → {shape}", "reshape to {in_shape}"))
+             reads=(), show=("{x}", "reshape to {in_shape}"))
 
 TRANSPOSE = Op("transpose", lambda x, axes: x.transpose(axes),
                lambda g, out, x, axes: g.transpose(tuple(np.argsort(axes))),
-               reads=(), show=("transpose {axes}", "transpose back"))
+               reads=(), show=("{x}ᵀ", "transpose back"))
 
 # The engine sums broadcast axes away, so the derivative of a broadcast is the identity.
 EXPAND = Op("expand", lambda x, shape: np.broadcast_to(x, shape),
             lambda g, out, x, shape: g,
-            reads=(), show=("expand → {shape}", "identity"))
+            reads=(), show=("{x}", "identity"))
 
 # A change of dtype; the engine gives every gradient its input's dtype, so d/dx is g.
 CAST = Op("cast", lambda x, dtype: x.astype(dtype),
           lambda g, out, x, dtype: g,
-          reads=(), show=("as {dtype}", "·1"))
+          reads=(), show=("{x}", "·1"))
 
 GETITEM = Op("getitem", lambda x, index: x[index],
              lambda g, out, x, index: scatter_add(g, index, x.shape),
-             reads=(), show=("[{index}]", "scatter into {in_shape}"))
+             reads=(), show=("{x}[{index}]", "scatter into {in_shape}"))
 
 # Indexing's derivative as a primitive of its own, so it can be differentiated again
 # (create_graph): zeros of ``shape`` with x added at ``index``. Its derivative is indexing.

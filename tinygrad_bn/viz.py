@@ -441,9 +441,14 @@ def _data_lines(a):
     return text.splitlines()
 
 
-def _esc(text):
-    """HTML-escaped, with one-letter subscripts set as such: μ_B becomes μ<SUB>B</SUB>."""
-    return _SUBSCRIPT.sub(r"\1<SUB>\2</SUB>", html.escape(text, quote=False))
+def _esc(text, sub_points=8):
+    """HTML-escaped, with one-letter subscripts set small on the baseline: μ_B becomes μ + small B.
+
+    Not <SUB>: graphviz writes it as baseline-shift on a full-size <text>, which Chrome lowers
+    onto the next line (rsvg does not); a smaller font on the same baseline looks alike everywhere.
+    """
+    return _SUBSCRIPT.sub(rf'\1<FONT POINT-SIZE="{sub_points}">\2</FONT>',
+                          html.escape(text, quote=False))
 
 
 _SUBSCRIPT = re.compile(r"(\S)_([A-Za-z])(?![\w.])")
@@ -456,7 +461,7 @@ def _html(title=None, lines=(), title_style="B", small=()):
         rows.append(f"<{title_style}>{_esc(title)}</{title_style}>")
     rows += [_esc(s) for s in lines]
     for text, color in small:
-        rows.append(f'<FONT POINT-SIZE="9" COLOR="{color}">{_esc(text)}</FONT>')
+        rows.append(f'<FONT POINT-SIZE="9" COLOR="{color}">{_esc(text, 7)}</FONT>')
     return "<" + "<BR/>".join(rows) + ">"
 
 

@@ -39,8 +39,13 @@ test: setup browser-deps
 bench: setup
 	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PYTHON) benchmarks/run_all.py
 
+# The API reference (HTML) from the docstrings, into docs/api/ (pdoc; tests/test_api_docs.py
+# builds it too).
+docs: setup
+	$(PYTHON) docs/build_api.py docs/api
+
 lint:
 	$(PYTHON) -m ruff check tinygrad_bn tests demos benchmarks
 
 clean:
-	rm -rf $(OUT) build *.egg-info .pytest_cache
+	rm -rf $(OUT) build *.egg-info .pytest_cache docs/api

@@ -23,16 +23,23 @@ Values: the graph keeps only the arrays its derivatives read, so an intermediate
 (x − μ)² has no value left to summarize. Build the graph inside ``with viz.keep_values():`` to
 keep every value for ``show_grad``/``show_data`` (``render_batchnorm_graph`` does).
 """
+from __future__ import annotations
+
 import html
 import os
 import re
 import shutil
+from typing import TYPE_CHECKING
 
 import graphviz
 import numpy as np
 
 from . import autograd
 from .autograd import keep_values  # noqa: F401  (re-exported: build graphs that keep values)
+
+if TYPE_CHECKING:  # for the type hints only: the renderer needs nothing from nn at run time
+    from .nn import Module
+    from .tensor import Tensor
 
 # Fill colours: kinds of nodes, told apart at a glance (and listed in the legend).
 COLORS = {
@@ -82,8 +89,10 @@ def to_dot(tensor, params=None, **options):
     return draw(tensor, params, **options).source
 
 
-def draw(tensor, params=None, *, show_grad=False, show_data=False, collapse=False, expand=None,
-         direction="forward", title=None, legend=True, rankdir="TB"):
+def draw(tensor: Tensor, params: Module | dict[str, Tensor] | None = None, *,
+         show_grad: bool = False, show_data: bool = False, collapse: bool = False,
+         expand: str | Module | list | tuple | set | None = None, direction: str = "forward",
+         title: str | None = None, legend: bool = True, rankdir: str = "TB") -> graphviz.Digraph:
     """A ``graphviz.Digraph`` of the graph that made ``tensor`` (displays inline in Jupyter).
 
     params:    a Module (its ``named_parameters()`` and module names are used) or a dict

@@ -73,6 +73,24 @@ def test_sigmoid_claim_numbers(quick_run):
         assert abs(frac - sigmoid.GAUSSIAN_FRACTION) < 0.1
 
 
+def test_sigmoid_legend_shows_the_conclusions_numbers(quick_run, tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+    r = result(quick_run, "sigmoid")
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)  # keep the figure to read its legends
+    sigmoid.plot(r, str(tmp_path / "sigmoid.png"))
+    (fig,) = figures
+    lines = {label.strip(): line for line in sigmoid.conclusion(r).splitlines()
+             for label in sigmoid.VARIANTS.values() if line.strip().startswith(label)}
+    for i, ax in enumerate(fig.axes[:len(r["learned"]["in_range"])]):
+        legend = [t.get_text() for t in ax.get_legend().get_texts()]
+        for variant, label in sigmoid.VARIANTS.items():
+            shown = f"{r[variant]['in_range'][i]:.1%}"
+            assert f"{label}: {shown} inside" in legend
+            assert shown in lines[label].split("per layer:")[1].split(", ")[i]
+    plt.close(fig)
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_gamma_sqrt_var_beta_mu_is_the_identity(seed):
     check = sigmoid.identity_check(seed=seed)

@@ -22,8 +22,9 @@ BN_STEPS = [("μ_B", "mean", "(1, 3)"), ("x − μ_B", "sub", "(8, 3)"),
 
 
 def plain(label):
-    """A node's HTML label as plain text (μ<SUB>B</SUB> back to μ_B)."""
-    return re.sub(r"<[^>]*>", " ", label.replace("<SUB>", "_").replace("</SUB>", ""))
+    """A node's HTML label as plain text (μ + a small-font B back to μ_B)."""
+    label = re.sub(r'(\S)<FONT POINT-SIZE="\d+">([A-Za-z])</FONT>', r"\1_\2", label)
+    return re.sub(r"<[^>]*>", " ", label)
 
 
 def nodes(dot_text):

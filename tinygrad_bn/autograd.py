@@ -104,7 +104,7 @@ def exit_scope(prev):
     _GradMode.scope = prev
 
 
-def is_grad_enabled():
+def is_grad_enabled() -> bool:
     """Whether new operations are recorded in the graph."""
     return _GradMode.enabled
 

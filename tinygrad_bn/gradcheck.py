@@ -6,7 +6,10 @@ input, the worst indices and both values. ``gradcheck_report`` returns the same 
 JSON-ready data. The batch-norm backward is also written out twice in plain numpy — the paper's
 step-by-step chain rule and the simplified closed form — as references independent of the engine.
 """
+from __future__ import annotations
+
 import warnings
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -152,7 +155,9 @@ def _backward(out, tensors, u, jacobian):
 # The check
 # ---------------------------------------------------------------------------------------------
 
-def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, *, seed=0):
+def gradcheck(fn: Callable[..., Tensor],
+              inputs: Tensor | np.ndarray | Sequence[Tensor | np.ndarray], eps: float = 1e-6,
+              atol: float = 1e-5, rtol: float = 1e-3, *, seed: int = 0) -> bool:
     """True if autodiff matches float64 central differences for every input, else GradcheckError.
 
     Checks |analytic - numeric| <= atol + rtol * |numeric| elementwise, for the gradient of

@@ -1,15 +1,22 @@
 """Optimizers with PyTorch's update rules. They read ``.grad``, write ``.data`` in place and
 record no graph; parameters without a gradient are skipped."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Iterable
+
 import numpy as np
 
 from . import dispatch
 from .dispatch import run
 
+if TYPE_CHECKING:  # for the type hints only
+    from .tensor import Tensor
+
 
 class Optimizer:
     """Holds the parameters and per-parameter state; ``step()`` is the update rule."""
 
-    def __init__(self, params, lr):
+    def __init__(self, params: Iterable[Tensor], lr: float):
         self.params = list(params)
         if not self.params:
             raise ValueError(f"{type(self).__name__} got an empty parameter list")
@@ -18,12 +25,13 @@ class Optimizer:
         self.lr = lr
         self.state = [dict() for _ in self.params]
 
-    def zero_grad(self):
+    def zero_grad(self) -> None:
         """Forget the gradients (set to None, PyTorch's default)."""
         for p in self.params:
             run(setattr, p, "grad", None)  # on a jit tape, so a replay does it too
 
-    def step(self):
+    def step(self) -> None:
+        """Update every parameter that has a gradient, in place, by the optimizer's rule."""
         for i in range(len(self.params)):
             # One call per parameter, as a jit replay repeats it: the parameter, whether it has
             # a gradient and which, its state (momentum buffer, Adam's step count) and the
@@ -43,7 +51,8 @@ class Optimizer:
 class SGD(Optimizer):
     """v = momentum * v + g (v = g at first);  p -= lr * v;  g includes weight_decay * p."""
 
-    def __init__(self, params, lr, momentum=0.0, weight_decay=0.0, dampening=0.0, nesterov=False):
+    def __init__(self, params: Iterable[Tensor], lr: float, momentum: float = 0.0,
+                 weight_decay: float = 0.0, dampening: float = 0.0, nesterov: bool = False):
         super().__init__(params, lr)
         if momentum < 0 or weight_decay < 0:
             raise ValueError(f"SGD: momentum and weight_decay must be >= 0, "
@@ -73,7 +82,9 @@ class SGD(Optimizer):
 class Adam(Optimizer):
     """m, v = EMAs of g and g²;  p -= lr * m̂ / (sqrt(v̂) + eps) with bias-corrected m̂, v̂."""
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+    def __init__(self, params: Iterable[Tensor], lr: float = 1e-3,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0):
         super().__init__(params, lr)
         if not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
             raise ValueError(f"Adam: betas must be in [0, 1), got {betas}")

@@ -97,8 +97,11 @@ def _figure_part(out_dir):
         out.append(f"<figure>{_img(png, 'Figure 1 redrawn')}<figcaption>(a) test accuracy, "
                    f"mean and min–max over seeds; (b), (c) the 15th, 50th and 85th percentile "
                    f"over test images of the input to one typical sigmoid of the last hidden "
-                   f"layer, without and with batch norm; (d) for all units, how far the "
-                   f"median still is from where it ends, in its final 15–85 width."
+                   f"layer, without and with batch norm; (d) for every unit of that layer "
+                   f"and every seed, how far its median wandered during training (largest "
+                   f"minus smallest value after the first evaluation), in units of its final "
+                   f"15–85 width: the smaller, the steadier the input the next layer sees. "
+                   f"The unit drawn in (b) and (c) is the median of this distribution."
                    f"</figcaption></figure>")
     else:
         out.append(_note_p(f"{FIGURE_PNG} is missing (matplotlib not installed? "

@@ -4,14 +4,20 @@ Every differentiable method either applies one primitive of ``ops.py`` through `
 composed from other methods (``var``, ``softmax``, ``log_softmax``, ``min``) and then has no
 derivative of its own: autodiff derives it.
 """
+from __future__ import annotations
+
 import math
 import numbers
 import operator
+from typing import Union
 
 import numpy as np
 
 from . import autograd, dispatch, ops
 from .dispatch import run
+
+# A Python number in annotations (``float`` inside the class is Tensor.float).
+Number = Union[int, float]
 
 
 def _to_array(data, dtype):
@@ -49,14 +55,20 @@ def _check_dtype(dtype):
 
 
 class Tensor:
-    """An n-dimensional array with reverse-mode autodiff (``requires_grad``, ``backward``)."""
+    """An n-dimensional array with reverse-mode autodiff (``requires_grad``, ``backward``).
+
+    Operators, with numpy broadcasting (gradients summed back to each input's shape):
+    ``+ - * / ** @``, unary ``-``, their reflected forms with numbers and ndarrays, comparisons
+    ``> >= < <=`` (boolean masks, no gradient) and indexing ``t[index]``.
+    """
 
     __slots__ = ("data", "grad", "requires_grad", "_ctx", "_name", "__weakref__")
     # ndarray + Tensor must call Tensor.__radd__, not build an object array element by element.
     __array_ufunc__ = None
     seq = -1  # as a vertex of the graph walk: made before every recorded operation
 
-    def __init__(self, data, requires_grad=False, dtype=None, name=None):
+    def __init__(self, data: np.ndarray | Tensor | Number | list, requires_grad: bool = False,
+                 dtype: np.dtype | type | None = None, name: str | None = None):
         self.data = run(_to_array, data, None if dtype is None else _check_dtype(dtype))
         self.grad = None
         self.requires_grad = bool(requires_grad)
@@ -72,46 +84,50 @@ class Tensor:
         return t
 
     # ---- attributes ----
-    shape = property(lambda self: self.data.shape)
-    dtype = property(lambda self: self.data.dtype)
-    ndim = property(lambda self: self.data.ndim)
-    size = property(lambda self: self.data.size)
-    is_leaf = property(lambda self: self._ctx is None)
-    retains_grad = property(lambda self: self._ctx is not None and self._ctx.retains is not None)
+    shape = property(lambda self: self.data.shape, doc="The shape of the data, a tuple.")
+    dtype = property(lambda self: self.data.dtype, doc="The numpy dtype (float32 or float64).")
+    ndim = property(lambda self: self.data.ndim, doc="The number of axes.")
+    size = property(lambda self: self.data.size, doc="The number of elements.")
+    is_leaf = property(lambda self: self._ctx is None,
+                       doc="True unless an operation recorded in the graph made this tensor.")
+    retains_grad = property(lambda self: self._ctx is not None and self._ctx.retains is not None,
+                            doc="True for a non-leaf whose ``.grad`` backward() keeps.")
 
     @property
-    def name(self):
+    def name(self) -> str | None:
         """A label for the graph renderer (batch norm names its steps μ_B, σ²_B, x̂, ...)."""
         return self._name
 
     @name.setter
-    def name(self, name):
+    def name(self, name: str | None) -> None:
         self._name = name
         if self._ctx is not None:  # the graph outlives this tensor: the node keeps the label
             self._ctx.name = name
 
-    def numpy(self):
+    def numpy(self) -> np.ndarray:
         """The data as a numpy array (the same memory; use ``.copy()`` to keep a snapshot)."""
         dispatch.read("numpy()")
         return self.data
 
-    def item(self):
+    def item(self) -> Number:
+        """The value of a one-element tensor as a Python number."""
         dispatch.read("item()")
         if self.data.size != 1:
             raise ValueError(f"item() needs a tensor with one element, got shape {self.shape}")
         return self.data.item()
 
-    def tolist(self):
+    def tolist(self) -> list | Number:
+        """The data as (nested) Python lists."""
         dispatch.read("tolist()")
         return self.data.tolist()
 
-    def detach(self):
+    def detach(self) -> Tensor:
         """The same data, cut from the graph (no gradient flows through it)."""
         out = Tensor._wrap(self.data)
         dispatch.alias(out, self)
         return out
 
-    def requires_grad_(self, requires_grad=True):
+    def requires_grad_(self, requires_grad: bool = True) -> Tensor:
         """Start (or stop) recording operations on this leaf; returns the tensor."""
         if self._ctx is not None and not requires_grad:
             raise RuntimeError("requires_grad_(False) on a tensor computed in a graph; use "
@@ -119,7 +135,7 @@ class Tensor:
         self.requires_grad = bool(requires_grad)
         return self
 
-    def retain_grad(self):
+    def retain_grad(self) -> Tensor:
         """Keep ``.grad`` on this non-leaf tensor after ``backward()`` (leaves always keep it)."""
         if self._ctx is not None:
             autograd.retain_grad(self)
@@ -151,7 +167,8 @@ class Tensor:
         return f"Tensor({body}, dtype={self.dtype}{extra})"
 
     # ---- autodiff ----
-    def backward(self, gradient=None, retain_graph=False, create_graph=False):
+    def backward(self, gradient: np.ndarray | Tensor | None = None, retain_graph: bool = False,
+                 create_graph: bool = False) -> None:
         """Accumulate d(self)/d(leaf) into every leaf's ``.grad``.
 
         ``gradient`` is the upstream gradient (same shape as ``self``); it may be left out only
@@ -234,7 +251,7 @@ class Tensor:
     def __le__(self, other):
         return Tensor._wrap(run(operator.le, self.data, _data(other)))
 
-    def eq(self, other):
+    def eq(self, other: Tensor | np.ndarray | Number) -> Tensor:
         """The elementwise mask self == other (``==`` itself stays identity: tensors are hashed)."""
         return Tensor._wrap(run(operator.eq, self.data, _data(other)))
 
@@ -262,48 +279,48 @@ class Tensor:
     def __itruediv__(self, other):
         return self._inplace(ops.DIV, other)
 
-    def add_(self, other, alpha=1):
+    def add_(self, other: Tensor | np.ndarray | Number, alpha: Number = 1) -> Tensor:
         """self += alpha * other, in place."""
         return self._inplace(ops.ADD, other if alpha == 1 else other * alpha)
 
-    def sub_(self, other, alpha=1):
+    def sub_(self, other: Tensor | np.ndarray | Number, alpha: Number = 1) -> Tensor:
         """self -= alpha * other, in place."""
         return self._inplace(ops.SUB, other if alpha == 1 else other * alpha)
 
-    def mul_(self, other):
+    def mul_(self, other: Tensor | np.ndarray | Number) -> Tensor:
         """self *= other, in place."""
         return self._inplace(ops.MUL, other)
 
-    def div_(self, other):
+    def div_(self, other: Tensor | np.ndarray | Number) -> Tensor:
         """self /= other, in place."""
         return self._inplace(ops.DIV, other)
 
-    def zero_(self):
+    def zero_(self) -> Tensor:
         """Set every element to 0, in place."""
         return self.fill_(0)
 
-    def fill_(self, value):
+    def fill_(self, value: Number) -> Tensor:
         """Set every element to ``value``, in place (no gradient flows to the old values)."""
         return self._inplace(None, value)
 
-    def copy_(self, src):
+    def copy_(self, src: Tensor | np.ndarray | Number) -> Tensor:
         """Copy ``src`` (broadcast to this shape) into this tensor, in place; d/d(src) flows."""
         return self._inplace(ops.EXPAND, src)
 
-    def to(self, dtype, copy=False):
+    def to(self, dtype: np.dtype | type | str, copy: bool = False) -> Tensor:
         """This tensor as ``dtype`` (itself if it has it, unless ``copy``); gradients flow back
         in self's dtype."""
         return self if np.dtype(dtype) == self.dtype and not copy else _cast(self, dtype)
 
-    def float(self):
+    def float(self) -> Tensor:
         """As float32."""
         return self.to(np.float32)
 
-    def double(self):
+    def double(self) -> Tensor:
         """As float64."""
         return self.to(np.float64)
 
-    def clone(self):
+    def clone(self) -> Tensor:
         """A copy with its own memory; gradients flow back to ``self``."""
         return self * 1
 
@@ -347,33 +364,42 @@ class Tensor:
         return self
 
     # ---- elementwise functions ----
-    def sqrt(self):
+    def sqrt(self) -> Tensor:
+        """sqrt(x), elementwise; d/dx = 1 / (2 sqrt(x))."""
         return _apply(ops.SQRT, self)
 
-    def exp(self):
+    def exp(self) -> Tensor:
+        """exp(x), elementwise; d/dx = exp(x)."""
         return _apply(ops.EXP, self)
 
-    def log(self):
+    def log(self) -> Tensor:
+        """Natural log, elementwise; d/dx = 1 / x."""
         return _apply(ops.LOG, self)
 
-    def relu(self):
+    def relu(self) -> Tensor:
+        """max(x, 0), elementwise; d/dx = 1 where x > 0, else 0."""
         return _apply(ops.RELU, self)
 
-    def sigmoid(self):
+    def sigmoid(self) -> Tensor:
+        """s = 1 / (1 + exp(-x)), elementwise; d/dx = s (1 - s)."""
         return _apply(ops.SIGMOID, self)
 
-    def tanh(self):
+    def tanh(self) -> Tensor:
+        """t = tanh(x), elementwise; d/dx = 1 - t²."""
         return _apply(ops.TANH, self)
 
     # ---- reductions ----
-    def sum(self, axis=None, keepdims=False):
+    def sum(self, axis: int | tuple[int, ...] | None = None, keepdims: bool = False) -> Tensor:
+        """Sum over ``axis`` (every axis when None); the gradient copies g to every summed entry."""
         return _apply(ops.SUM, self, axis=ops.normalize_axis(axis, self.data.ndim),
                       keepdims=keepdims)
 
-    def mean(self, axis=None, keepdims=False):
+    def mean(self, axis: int | tuple[int, ...] | None = None, keepdims: bool = False) -> Tensor:
+        """sum(x) / n over ``axis`` (every axis when None); d/dx_i = 1 / n."""
         return _apply(ops.MEAN, self, axis=self._nonempty_axes(axis, "mean"), keepdims=keepdims)
 
-    def max(self, axis=None, keepdims=False):
+    def max(self, axis: int | tuple[int, ...] | None = None, keepdims: bool = False) -> Tensor:
+        """Maximum over ``axis``; the gradient goes to the maxima (shared equally by ties)."""
         return _apply(ops.MAX, self, axis=self._nonempty_axes(axis, "max"), keepdims=keepdims)
 
     def _nonempty_axes(self, axis, name):
@@ -382,26 +408,26 @@ class Tensor:
             raise ValueError(f"{name} over axis {axis} of an empty tensor of shape {self.shape}")
         return axes
 
-    def min(self, axis=None, keepdims=False):
+    def min(self, axis: int | tuple[int, ...] | None = None, keepdims: bool = False) -> Tensor:
         """min(x) = -max(-x)."""
         return -(-self).max(axis=axis, keepdims=keepdims)
 
-    def var(self, axis=None, keepdims=False):
+    def var(self, axis: int | tuple[int, ...] | None = None, keepdims: bool = False) -> Tensor:
         """Biased variance: mean((x - mean(x))**2); the graph runs through the mean too."""
         centered = self - self.mean(axis=axis, keepdims=True)
         return (centered ** 2).mean(axis=axis, keepdims=keepdims)
 
-    def argmax(self, axis=None):
+    def argmax(self, axis: int | None = None) -> np.ndarray:
         """Indices of the maxima (an integer ndarray: it has no gradient)."""
         return run(np.ndarray.argmax, self.data, axis=axis)
 
     # ---- softmax family (composite; numerically stable) ----
-    def softmax(self, axis=-1):
+    def softmax(self, axis: int = -1) -> Tensor:
         """exp(x - max) / sum(exp(x - max)); the shift is a constant, it cancels in the ratio."""
         e = (self - self._max_constant(axis)).exp()
         return e / e.sum(axis=axis, keepdims=True)
 
-    def log_softmax(self, axis=-1):
+    def log_softmax(self, axis: int = -1) -> Tensor:
         """(x - max) - log(sum(exp(x - max)))."""
         shifted = self - self._max_constant(axis)
         shifted.name = "x − max"  # a label for the graph renderer
@@ -412,10 +438,11 @@ class Tensor:
         return run(np.ndarray.max, self.data, axis=axis, keepdims=True)
 
     # ---- shape ----
-    def reshape(self, *shape):
+    def reshape(self, *shape: int | tuple[int, ...]) -> Tensor:
+        """The same data in ``shape`` (one entry may be -1): ``reshape(2, 3)`` or ``((2, 3))``."""
         return _apply(ops.RESHAPE, self, shape=_reshape_target(self.shape, _shape_arg(shape)))
 
-    def transpose(self, *axes):
+    def transpose(self, *axes: int | tuple[int, ...]) -> Tensor:
         """Permute axes (numpy's convention: no argument reverses them, else a full permutation)."""
         if not axes and self.data.ndim == 2:  # W.T in every Linear layer: skip the checks
             return _apply(ops.TRANSPOSE, self, axes=(1, 0))
@@ -425,17 +452,19 @@ class Tensor:
                              f"shape {self.shape} (to swap two axes use swapaxes(a, b))")
         return _apply(ops.TRANSPOSE, self, axes=tuple(a % self.ndim for a in axes))
 
-    def permute(self, *dims):
+    def permute(self, *dims: int | tuple[int, ...]) -> Tensor:
+        """PyTorch's name for ``transpose(*dims)`` with a full permutation of the axes."""
         return self.transpose(*dims)
 
-    def swapaxes(self, a, b):
+    def swapaxes(self, a: int, b: int) -> Tensor:
+        """Exchange axes ``a`` and ``b``."""
         axes = list(range(self.ndim))
         axes[a], axes[b] = axes[b], axes[a]
         return self.transpose(axes)
 
-    T = property(lambda self: self.transpose())
+    T = property(lambda self: self.transpose(), doc="``transpose()``: the axes reversed.")
 
-    def expand(self, *shape):
+    def expand(self, *shape: int | tuple[int, ...]) -> Tensor:
         """Broadcast to ``shape`` (numpy rules) without copying."""
         shape = _shape_arg(shape)
         try:
@@ -444,13 +473,14 @@ class Tensor:
             raise ValueError(f"expand: cannot broadcast shape {self.shape} to {shape}") from None
         return _apply(ops.EXPAND, self, shape=shape)
 
-    def flatten(self, start_dim=0):
+    def flatten(self, start_dim: int = 0) -> Tensor:
+        """Merge the axes from ``start_dim`` on into one: (2, 3, 4) -> (2, 12) for start_dim 1."""
         return self.reshape(self.shape[:start_dim] + (-1,))
 
     def __getitem__(self, index):
         return _apply(ops.GETITEM, self, index=_index_arg(index))
 
-    def scatter_add(self, index, shape):
+    def scatter_add(self, index: object, shape: tuple[int, ...]) -> Tensor:
         """Zeros of ``shape`` with self added at ``index`` (repeats accumulate): the derivative
         of ``x[index]``, which indexing's rule calls on Tensors (create_graph=True)."""
         shape = _shape_arg((shape,))

@@ -2,14 +2,17 @@
 
 ``batch_norm`` is the one place the batch-normalization formula is written.
 """
+from __future__ import annotations
+
 import numpy as np
 
 from ..dispatch import run, update
 from ..tensor import Tensor
 
 
-def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, training=False,
-               momentum=0.1, eps=1e-5):
+def batch_norm(x: Tensor, running_mean: Tensor | None = None, running_var: Tensor | None = None,
+               weight: Tensor | None = None, bias: Tensor | None = None, training: bool = False,
+               momentum: float = 0.1, eps: float = 1e-5) -> Tensor:
     """Batch normalization (Ioffe & Szegedy 2015, Algorithm 1), per feature (axis 1).
 
     mu = mean_B(x),  sigma2 = mean_B((x - mu)**2)  (biased),  x_hat = (x - mu) / sqrt(sigma2 + eps),
@@ -81,13 +84,13 @@ def _update_running(running_mean, running_var, mu, var, m, momentum):
         running_var.data += (momentum * m / (m - 1)) * var.reshape(-1)  # unbiased: m / (m - 1)
 
 
-def linear(x, weight, bias=None):
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """y = x @ W.T + b, with W of shape (out_features, in_features) as in PyTorch."""
     y = x @ weight.T
     return y if bias is None else y + bias
 
 
-def cross_entropy(logits, targets, reduction="mean"):
+def cross_entropy(logits: Tensor, targets: np.ndarray | Tensor, reduction: str = "mean") -> Tensor:
     """-log softmax(logits)[target], averaged over the batch; ``targets`` are class indices."""
     if logits.ndim != 2:
         raise ValueError(f"cross_entropy expects logits of shape (N, C), got {logits.shape}")
@@ -147,7 +150,7 @@ def _eye(c, dtype):
     return eye
 
 
-def mse_loss(input, target, reduction="mean"):
+def mse_loss(input: Tensor, target: Tensor | np.ndarray, reduction: str = "mean") -> Tensor:
     """mean((input - target)**2)."""
     target_shape = target.shape if hasattr(target, "shape") else np.shape(target)
     if tuple(target_shape) != tuple(input.shape):
@@ -166,21 +169,26 @@ def _reduce(losses, reduction, name):
     raise ValueError(f"{name}: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
 
 
-def relu(x):
+def relu(x: Tensor) -> Tensor:
+    """max(x, 0), elementwise."""
     return x.relu()
 
 
-def sigmoid(x):
+def sigmoid(x: Tensor) -> Tensor:
+    """1 / (1 + exp(-x)), elementwise."""
     return x.sigmoid()
 
 
-def tanh(x):
+def tanh(x: Tensor) -> Tensor:
+    """tanh(x) = (exp(x) - exp(-x)) / (exp(x) + exp(-x)), elementwise."""
     return x.tanh()
 
 
-def softmax(x, axis=-1):
+def softmax(x: Tensor, axis: int = -1) -> Tensor:
+    """exp(x_i) / sum_j exp(x_j) along ``axis``."""
     return x.softmax(axis=axis)
 
 
-def log_softmax(x, axis=-1):
+def log_softmax(x: Tensor, axis: int = -1) -> Tensor:
+    """x_i - log sum_j exp(x_j) along ``axis`` (computed stably)."""
     return x.log_softmax(axis=axis)

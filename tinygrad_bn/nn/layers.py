@@ -1,4 +1,6 @@
 """Layers: Linear, BatchNorm1d and the activations, with PyTorch's layouts and defaults."""
+from __future__ import annotations
+
 import math
 import warnings
 
@@ -17,7 +19,8 @@ class Linear(Module):
     drawn from numpy's global generator (``np.random.seed`` makes it repeatable).
     """
 
-    def __init__(self, in_features, out_features, bias=True, dtype=np.float32):
+    def __init__(self, in_features: int, out_features: int, bias: bool = True,
+                 dtype: np.dtype | type = np.float32):
         super().__init__()
         self.in_features, self.out_features = int(in_features), int(out_features)
         bound = 1 / math.sqrt(in_features) if in_features > 0 else 0.0
@@ -26,14 +29,15 @@ class Linear(Module):
         self.bias = Parameter(np.random.uniform(-bound, bound, out_features), dtype=dtype) \
             if bias else None
 
-    def forward(self, x):
+    def forward(self, x: Tensor) -> Tensor:
+        """y = x @ W.T + b, x of shape (..., in_features)."""
         if x.shape[-1] != self.in_features:
             raise ValueError(f"Linear({self.in_features}, {self.out_features}) expects input "
                              f"with {self.in_features} features in the last axis, got shape "
                              f"{x.shape}")
         return F.linear(x, self.weight, self.bias)
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={self.bias is not None}")
 
@@ -50,8 +54,9 @@ class BatchNorm1d(Module):
     the NEW batch in the running averages (PyTorch's convention).
     """
 
-    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
-                 track_running_stats=True, dtype=np.float32):
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1,
+                 affine: bool = True, track_running_stats: bool = True,
+                 dtype: np.dtype | type = np.float32):
         super().__init__()
         if not 0 <= momentum <= 1:
             raise ValueError(f"BatchNorm1d: momentum must be in [0, 1], got {momentum}")
@@ -74,7 +79,9 @@ class BatchNorm1d(Module):
         else:
             self.running_mean = self.running_var = None
 
-    def forward(self, x):
+    def forward(self, x: Tensor) -> Tensor:
+        """y = gamma * (x - mu) / sqrt(var + eps) + beta: batch statistics in training, running
+        ones in eval (see ``F.batch_norm``)."""
         if x.ndim not in (2, 3) or x.shape[1] != self.num_features:
             expected = f"(N, {self.num_features}) or (N, {self.num_features}, L)"
             raise ValueError(f"BatchNorm1d({self.num_features}) expects input of shape "
@@ -85,7 +92,7 @@ class BatchNorm1d(Module):
         return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
                             training=use_batch_stats, momentum=self.momentum, eps=self.eps)
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
                 f"affine={self.affine}")
 
@@ -93,33 +100,38 @@ class BatchNorm1d(Module):
 class ReLU(Module):
     """max(x, 0)."""
 
-    def forward(self, x):
+    def forward(self, x: Tensor) -> Tensor:
+        """max(x, 0)."""
         return x.relu()
 
 
 class Sigmoid(Module):
     """1 / (1 + exp(-x))."""
 
-    def forward(self, x):
+    def forward(self, x: Tensor) -> Tensor:
+        """1 / (1 + exp(-x))."""
         return x.sigmoid()
 
 
 class Tanh(Module):
     """tanh(x)."""
 
-    def forward(self, x):
+    def forward(self, x: Tensor) -> Tensor:
+        """tanh(x)."""
         return x.tanh()
 
 
 class Identity(Module):
     """x."""
 
-    def forward(self, x):
+    def forward(self, x: Tensor) -> Tensor:
+        """x, unchanged."""
         return x
 
 
 class Flatten(Module):
     """Collapse every axis after the first: (N, ...) -> (N, -1)."""
 
-    def forward(self, x):
+    def forward(self, x: Tensor) -> Tensor:
+        """x.reshape(N, -1)."""
         return x.reshape(x.shape[0], -1)

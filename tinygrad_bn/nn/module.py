@@ -1,7 +1,10 @@
 """Module: parameters, buffers, children, train/eval, state dicts; and Sequential."""
+from __future__ import annotations
+
 import os
 import weakref
 from collections import OrderedDict
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 
@@ -24,7 +27,7 @@ class Parameter(Tensor):
 
     __slots__ = ()
 
-    def __init__(self, data, requires_grad=True, dtype=None):
+    def __init__(self, data: Any, requires_grad: bool = True, dtype: Any = None):
         super().__init__(data, requires_grad=requires_grad, dtype=dtype)
 
     def __repr__(self):
@@ -66,12 +69,13 @@ class Module:
                 return entries[name]
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
-    def register_buffer(self, name, tensor):
+    def register_buffer(self, name: str, tensor: Tensor | None) -> None:
         """State that is saved and loaded but not learned (e.g. running statistics)."""
         self.__dict__.setdefault("_buffer_names", set()).add(name)
         setattr(self, name, tensor)
 
-    def forward(self, *args, **kwargs):
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """The layer's computation; ``module(x)`` calls it (subclasses define it)."""
         raise NotImplementedError(f"{type(self).__name__} does not define forward()")
 
     def __call__(self, *args, **kwargs):
@@ -82,7 +86,7 @@ class Module:
             exit_scope(prev)
 
     # ---- traversal ----
-    def named_modules(self, prefix=""):
+    def named_modules(self, prefix: str = "") -> Iterator[tuple[str, Module]]:
         """(dotted name, module) for this module and every descendant, depth first."""
         stack = [(prefix, self)]
         while stack:
@@ -91,43 +95,51 @@ class Module:
             children = [(f"{name}.{k}" if name else k, m) for k, m in module._modules.items()]
             stack.extend(reversed(children))
 
-    def modules(self):
+    def modules(self) -> list[Module]:
+        """This module and every descendant, depth first."""
         return [m for _, m in self.named_modules()]
 
-    def children(self):
+    def children(self) -> list[Module]:
+        """The direct submodules, in the order they were assigned."""
         return list(self._modules.values())
 
-    def named_parameters(self, prefix=""):
+    def named_parameters(self, prefix: str = "") -> list[tuple[str, Parameter]]:
+        """(dotted name, parameter) for every parameter, e.g. ("0.weight", W): state-dict names."""
         return [(f"{name}.{k}" if name else k, p)
                 for name, m in self.named_modules(prefix) for k, p in m._parameters.items()
                 if p is not None]
 
-    def parameters(self):
+    def parameters(self) -> list[Parameter]:
+        """Every learnable parameter of this module and its descendants (what optimizers take)."""
         return [p for _, p in self.named_parameters()]
 
-    def named_buffers(self, prefix=""):
+    def named_buffers(self, prefix: str = "") -> list[tuple[str, Tensor]]:
+        """(dotted name, buffer) for every buffer, e.g. ("1.running_mean", ...)."""
         return [(f"{name}.{k}" if name else k, b)
                 for name, m in self.named_modules(prefix) for k, b in m._buffers.items()
                 if b is not None]
 
-    def buffers(self):
+    def buffers(self) -> list[Tensor]:
+        """Every buffer (saved, not learned: running statistics) of this module and below."""
         return [b for _, b in self.named_buffers()]
 
     # ---- modes and gradients ----
-    def train(self, mode=True):
+    def train(self, mode: bool = True) -> Module:
+        """Set training mode (``mode=False``: eval) on this module and every descendant."""
         for m in self.modules():
             object.__setattr__(m, "training", bool(mode))
         return self
 
-    def eval(self):
+    def eval(self) -> Module:
+        """Evaluation mode: BatchNorm1d normalizes with its running statistics."""
         return self.train(False)
 
-    def zero_grad(self):
+    def zero_grad(self) -> None:
         """Forget the gradients of every parameter (PyTorch's default: set them to None)."""
         for p in self.parameters():
             run(setattr, p, "grad", None)  # on a jit tape, so a replay does it too
 
-    def to(self, dtype):
+    def to(self, dtype: Any) -> Module:
         """Convert every floating-point parameter and buffer to ``dtype`` (e.g. np.float64)."""
         dtype = np.dtype(dtype)
         for t in self.parameters() + self.buffers():
@@ -136,14 +148,16 @@ class Module:
                 t.grad = None
         return self
 
-    def double(self):
+    def double(self) -> Module:
+        """``to(np.float64)``: what gradient checks and comparisons with PyTorch want."""
         return self.to(np.float64)
 
-    def float(self):
+    def float(self) -> Module:
+        """``to(np.float32)``, the default precision."""
         return self.to(np.float32)
 
     # ---- state ----
-    def state_dict(self):
+    def state_dict(self) -> OrderedDict[str, np.ndarray]:
         """Name → a copy of the array, for parameters and buffers (PyTorch's names and layouts)."""
         return OrderedDict((name, t.data.copy()) for name, t in self._named_state())
 
@@ -154,7 +168,7 @@ class Module:
                 for k, t in list(m._parameters.items()) + list(m._buffers.items())
                 if t is not None]
 
-    def load_state_dict(self, state, strict=True):
+    def load_state_dict(self, state: Mapping[str, Any], strict: bool = True) -> Module:
         """Copy arrays (or anything np.asarray accepts, e.g. torch tensors) into this module."""
         own = OrderedDict(self._named_state())
         missing = [k for k in own if k not in state]
@@ -177,11 +191,11 @@ class Module:
             t.data = np.array(arr, dtype=t.data.dtype)
         return self
 
-    def save(self, path):
+    def save(self, path: str | os.PathLike) -> None:
         """Write the state dict to a ``.npz`` file."""
         np.savez(path, **self.state_dict())
 
-    def load(self, path):
+    def load(self, path: str | os.PathLike) -> Module:
         """Read a state dict written by ``save`` (shapes must match this module)."""
         if not os.path.exists(path) and os.path.exists(f"{path}.npz"):
             path = f"{path}.npz"  # np.savez added the suffix
@@ -189,7 +203,8 @@ class Module:
             return self.load_state_dict({k: f[k] for k in f.files})
 
     # ---- printing ----
-    def extra_repr(self):
+    def extra_repr(self) -> str:
+        """The text inside the parentheses of ``repr(module)``, e.g. "in_features=784, ..."."""
         return ""
 
     def __repr__(self):
@@ -205,14 +220,15 @@ class Module:
 class Sequential(Module):
     """Modules applied in order; children are named "0", "1", ... and indexable."""
 
-    def __init__(self, *modules):
+    def __init__(self, *modules: Module):
         super().__init__()
         for i, m in enumerate(modules):
             if not isinstance(m, Module):
                 raise TypeError(f"Sequential takes Modules, got {type(m).__name__} at position {i}")
             setattr(self, str(i), m)
 
-    def forward(self, x):
+    def forward(self, x: Tensor) -> Tensor:
+        """Each module in turn: m_k(...m_1(m_0(x)))."""
         for m in self._modules.values():
             x = m(x)
         return x
@@ -229,6 +245,7 @@ class Sequential(Module):
     def __iter__(self):
         return iter(self._modules.values())
 
-    def append(self, module):
+    def append(self, module: Module) -> Sequential:
+        """Add ``module`` at the end (named by its position); returns self."""
         setattr(self, str(len(self)), module)
         return self

@@ -5,14 +5,22 @@
 views go through one emitter that groups nodes into one cluster per module (``Node.scope``),
 with ``collapse=True`` folds each layer into one box, colours nodes by kind and adds a legend.
 """
+from __future__ import annotations
+
 import html
 import os
 import re
 import shutil
+from typing import TYPE_CHECKING
 
 import graphviz
 
 from . import graph, text
+
+if TYPE_CHECKING:  # for the type hints only: the renderer needs nothing from nn at run time
+    from ..nn import Module
+    from ..tensor import Tensor
+
 
 # Fill colours: kinds of nodes, told apart at a glance (and listed in the legend).
 COLORS = {
@@ -52,8 +60,10 @@ def to_dot(tensor, params=None, **options):
     return draw(tensor, params, **options).source
 
 
-def draw(tensor, params=None, *, show_grad=False, show_data=False, collapse=False, expand=None,
-         direction="forward", title=None, legend=True, rankdir="TB"):
+def draw(tensor: Tensor, params: Module | dict[str, Tensor] | None = None, *,
+         show_grad: bool = False, show_data: bool = False, collapse: bool = False,
+         expand: str | Module | list | tuple | set | None = None, direction: str = "forward",
+         title: str | None = None, legend: bool = True, rankdir: str = "TB") -> graphviz.Digraph:
     """A ``graphviz.Digraph`` of the graph that made ``tensor`` (displays inline in Jupyter).
 
     params:    a Module (its ``named_parameters()`` and module names are used) or a dict
@@ -333,9 +343,14 @@ def _legend_label(rows, show_grad, direction):
 
 # ---- labels: HTML-like graphviz text ----
 
-def _esc(words):
-    """HTML-escaped, with one-letter subscripts set as such: μ_B becomes μ<SUB>B</SUB>."""
-    return _SUBSCRIPT.sub(r"\1<SUB>\2</SUB>", html.escape(words, quote=False))
+def _esc(words, sub_points=8):
+    """HTML-escaped, with one-letter subscripts set small on the baseline: μ_B becomes μ + small B.
+
+    Not <SUB>: graphviz writes it as baseline-shift on a full-size <text>, which Chrome lowers
+    onto the next line (rsvg does not); a smaller font on the same baseline looks alike everywhere.
+    """
+    return _SUBSCRIPT.sub(rf'\1<FONT POINT-SIZE="{sub_points}">\2</FONT>',
+                          html.escape(words, quote=False))
 
 
 _SUBSCRIPT = re.compile(r"(\S)_([A-Za-z])(?![\w.])")
@@ -353,7 +368,7 @@ def _html(title=None, lines=(), title_style="B", small=()):
         rows.append(f"<{title_style}>{_esc(title)}</{title_style}>")
     rows += [_esc(s) for s in lines]
     for words, tone in small:
-        rows.append(f'<FONT POINT-SIZE="9" COLOR="{TONES[tone]}">{_esc(words)}</FONT>')
+        rows.append(f'<FONT POINT-SIZE="9" COLOR="{TONES[tone]}">{_esc(words, 7)}</FONT>')
     return "<" + "<BR/>".join(rows) + ">"
 
 

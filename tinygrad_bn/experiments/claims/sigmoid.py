@@ -109,9 +109,10 @@ def plot(r, path):
     for i, ax in enumerate(axes[:n_layers]):
         for variant, label in VARIANTS.items():
             h = np.asarray(r[variant]["histograms"][i], dtype=float)
+            # The legend's number is the conclusion's (mean over seeds, open interval), so the
+            # picture and the text beside it never disagree; the curve is the first seed's.
             ax.stairs(h / h.sum(), edges, color=colors[variant], lw=1.4,
-                      label=f"{label}: {r[variant]['histograms'][i][10:40].sum() / h.sum():.0%} "
-                            f"inside")
+                      label=f"{label}: {r[variant]['in_range'][i]:.1%} inside")
         ax.axvspan(*RANGE, color="gray", alpha=0.12)
         ax.set_yscale("log")
         ax.set_xlabel("sigmoid output")
@@ -119,7 +120,7 @@ def plot(r, path):
         ax.set_ylim(top=ax.get_ylim()[1] * 15)  # headroom on the log axis for the legend
         ax.legend(fontsize=7, loc="upper center")
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("fraction of (test image, unit) pairs")
+    axes[0].set_ylabel(f"fraction of (test image, unit) pairs, seed {r['config']['seed']}")
     ax = axes[-1]
     names = list(VARIANTS)
     acc = [r[v]["test_acc"] for v in names]
@@ -131,7 +132,8 @@ def plot(r, path):
     ax.set_ylim(0, 1.05)
     ax.set_title(f"test accuracy (mean, sd over {r['config']['n_seeds']} seed(s))")
     fig.suptitle(f"{TITLE} ({r['config']['steps']:,} steps, lr {r['config']['lr']}; "
-                 f"N(0,1) inputs give {r['gaussian_fraction']:.0%} inside)", fontsize=10)
+                 f"% inside: mean over {r['config']['n_seeds']} seed(s); "
+                 f"N(0,1) inputs give {r['gaussian_fraction']:.1%} inside)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -21,6 +21,11 @@ Op forwards come with their input tensors (``forward``), every other call with p
 (``call``, or ``run`` where no tape may be active). Arrays are told apart by ``id``; the tape
 keeps every one it has seen alive until it is done, so no id is reused in between.
 
+While ``jit`` captures, a ``guard`` (``replay_guard.py``) keeps the arrays the step could change
+outside the engine read-only between the tape's own calls (``_run`` opens them for the engine's
+work), and the step gets its numpy arguments as ``ArgumentArray`` views whose numpy work outside
+the engine raises: such work would be frozen into, or left out of, every replay.
+
 Two tapes of the same step agree (``same_as``) when they did the same work on the same objects;
 ``jit`` compiles a step only after two consecutive calls agree. Anything made outside the tape
 inside the step (``np.random...``, ``loss.item()``) differs between calls and is caught there.
@@ -46,6 +51,56 @@ def is_model_tensor(t):
 
 class JitError(RuntimeError):
     """A step cannot be captured for replay (jit), or a replay would not repeat it."""
+
+
+def _refuse_numpy_work(what):
+    if Tape.current() is not None:  # capturing in this thread, outside the tape's own calls
+        raise JitError(
+            f"{what} on a numpy argument inside a jit step: the value would be computed once, at "
+            f"capture, and frozen into every replay. Wrap the argument in a Tensor and use tensor "
+            f"ops (Tensor(mask).sum()), or compute the value outside the step and pass it in as "
+            f"an argument")
+
+
+class ArgumentArray(np.ndarray):
+    """A numpy argument of a step while jit captures it: numpy work on it in the step's own code
+    raises ``JitError``; handed to the engine (a tape call) it is the plain array."""
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        _refuse_numpy_work(f"np.{ufunc.__name__}" + ("" if method == "__call__" else
+                                                      f".{method}"))
+        inputs = tuple(_plain(x) for x in inputs)
+        if "out" in kwargs:
+            kwargs["out"] = tuple(_plain(x) for x in kwargs["out"])
+        return getattr(ufunc, method)(*inputs, **kwargs)
+
+    def __array_function__(self, func, types, args, kwargs):
+        _refuse_numpy_work(f"np.{func.__name__}")
+        return super().__array_function__(func, types, args, kwargs)
+
+
+def _guarded_method(name):
+    method = getattr(np.ndarray, name)
+
+    def guarded(self, *args, **kwargs):
+        _refuse_numpy_work(f"{name}()" if not name.startswith("__") else name)
+        return method(self, *args, **kwargs)
+    guarded.__name__ = name
+    return guarded
+
+
+# Ways to read values that are not numpy functions (those go through the two hooks above).
+for _name in ("__getitem__", "__iter__", "__float__", "__int__", "__index__", "__bool__",
+              "__complex__", "item", "tolist", "tobytes", "copy", "astype", "dot", "argmax",
+              "argmin", "argsort", "sort", "nonzero", "cumsum", "cumprod", "searchsorted",
+              "choose", "compress", "take", "repeat", "put", "fill", "itemset", "setfield",
+              "partition", "argpartition", "trace", "diagonal"):
+    if hasattr(np.ndarray, _name):
+        setattr(ArgumentArray, _name, _guarded_method(_name))
+
+
+def _plain(x):
+    return x.view(np.ndarray) if type(x) is ArgumentArray else x
 
 
 class ShapeOnly:
@@ -126,6 +181,8 @@ class Tape:
         self._owners = {}  # id(array) -> the first tensor seen holding it
         self._aliases = {}  # id(tensor) -> the tensor it was detached from
         self._alive = list(arg_objects)  # everything whose id is in a map above
+        self.guard = None  # while jit captures: locks arrays between the tape's calls
+        self._plain = {}  # id(ArgumentArray) -> the plain view the engine gets instead
 
     # ---- recording ----
 
@@ -136,16 +193,44 @@ class Tape:
     def forward(self, op, inputs, attrs):
         """An op's forward on tensors ``inputs``; the arrays of persistent tensors (parameters,
         buffers) are read live at replay."""
+        for t in inputs:  # a numpy argument wrapped by the step (x * mask): the plain array
+            if type(t.data) is ArgumentArray:
+                t.data = self._plain_of(t.data)
         spec = tuple(self._spec(t.data, t) for t in inputs)
         return self._run(op.forward, spec, [t.data for t in inputs], attrs)
 
+    def _plain_of(self, a):
+        """The plain view of ArgumentArray ``a`` (one per argument, standing for it)."""
+        if type(a) in (tuple, list):
+            return type(a)(self._plain_of(x) for x in a)
+        if type(a) is not ArgumentArray:
+            return a
+        view = self._plain.get(id(a))
+        if view is None:
+            view = self._plain[id(a)] = a.view(np.ndarray)
+            if id(a) in self._inputs:
+                self._inputs[id(view)] = self._inputs[id(a)]
+            self._alive += [a, view]
+        return view
+
     def _run(self, fn, spec, args, kwargs):
         kwspec = tuple((k, self._spec(v)) for k, v in kwargs.items()) if kwargs else ()
+        guard = self.guard
+        if guard is not None:
+            args = [self._plain_of(a) for a in args]
+            if kwargs:
+                kwargs = {k: self._plain_of(v) for k, v in kwargs.items()}
+            if guard.writes(fn, args):
+                guard.open()
+            else:
+                guard = None
         _LOCAL.tape = None  # work inside fn is part of this instruction
         try:
             result = fn(*args, **kwargs) if kwargs else fn(*args)
         finally:
             _LOCAL.tape = self
+            if guard is not None:
+                guard.close()
         reg = None
         if isinstance(result, (np.ndarray, np.generic)):
             key = id(result)
@@ -170,7 +255,7 @@ class Tape:
     def _spec(self, v, tensor=None):
         """Where value ``v`` comes from (see the module docstring); ``tensor`` owns ``v``."""
         t = type(v)
-        if t is np.ndarray or isinstance(v, np.generic):
+        if t is np.ndarray or t is ArgumentArray or isinstance(v, np.generic):
             key = id(v)
             if key in self._regs:
                 return ("r", self._regs[key])
@@ -185,7 +270,7 @@ class Tape:
                     return ("in", self._inputs[key])
             elif key in self._args:  # a numpy scalar argument
                 return ("arg", self._args[key])
-            if t is not np.ndarray:  # a numpy scalar made by Python code: a value, like 0.5
+            if t is not np.ndarray and t is not ArgumentArray:  # a numpy scalar: a value, 0.5
                 return ("c", t, v)
             self._alive.append(v)
             if tensor is not None:

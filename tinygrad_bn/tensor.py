@@ -131,6 +131,7 @@ class Tensor:
         return self
 
     def __array__(self, dtype=None, copy=None):
+        refuse("np.asarray(tensor) (or any numpy function given a tensor)")
         return self.data if dtype is None else self.data.astype(dtype)
 
     def __bool__(self):

@@ -42,7 +42,7 @@ from . import autograd
 from .replay_codegen import STALE, _free_variables, assigned_variables, compile_replay
 from .replay_guard import CaptureGuard, read_only_error
 from .replay_state import difference, restore, snapshot
-from .tape import ArgumentArray, JitError, Tape, is_model_tensor
+from .tape import JitError, Tape, guarded_view, is_model_tensor
 from .tensor import Tensor
 
 _ATTEMPTS = 4  # calls captured without two in a row agreeing, before giving up
@@ -140,8 +140,8 @@ class Jit:
     def _capture(self, sig, flat, names):
         guard = CaptureGuard(self.__name__, self._roots(sig, flat))
         # numpy arguments as views whose numpy work in the step's own code raises
-        given = tuple(a.view(ArgumentArray) if type(a) is np.ndarray else a for a in flat)
-        tape = Tape(given, [_array_of(a) for a in given])
+        given = tuple(guarded_view(a) if type(a) is np.ndarray else a for a in flat)
+        tape = Tape(given, [_array_of(a) for a in flat])
         tape.guard = guard
         guard.start()
         tape.start()

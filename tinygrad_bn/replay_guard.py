@@ -12,7 +12,8 @@ that call happens to do nothing (a clip that did not trigger). So each capture c
   raise numpy's read-only ``ValueError``, which ``jit`` turns into a ``JitError``;
 * those tensors get a class whose ``.data``/``.grad`` setters refuse assignment from the step's
   own code (``p.grad = clipped``); the engine's assignments happen inside tape calls;
-* numpy arguments are ``ArgumentArray`` views (``tape.py``): ``mask.sum()``, ``lw[0]`` refuse;
+* numpy arguments and gradients' data are ``GuardedArray`` views (``tape.py``) for the step's
+  own code: ``mask.sum()``, ``lw[0]``, a gradient norm computed with numpy refuse;
 * after the call, the random generators (``np.random``, ``random``, any numpy generator the step
   names) must not have moved, and the plain attributes of the step's modules, optimizers and
   other objects it names (``opt.lr``, ``model.training``, a list it appends to) must hold what
@@ -34,7 +35,7 @@ from .nn.functional import _one_hot_targets
 from .nn.module import Module
 from .ops import PRIMITIVES
 from .optim import Optimizer
-from .tape import JitError, Tape
+from .tape import GuardedArray, JitError, Tape, guarded_view
 from .tensor import Tensor, _to_array
 
 _DATA, _GRAD = Tensor.__dict__["data"], Tensor.__dict__["grad"]
@@ -64,6 +65,8 @@ def _set_grad(t, value):
     _GRAD.__set__(t, value)
 
 
+_GRAD_HINT = ("Compute it with tensor ops on p.grad, or end the step after backward() and do "
+              "that work (clipping, a norm, a check) and opt.step() outside it")
 _CLASSES = {}
 # Functions that write nothing but their result (ops' forwards and derivative rules, the
 # engine's broadcast reduction): the arrays stay locked while they run, which saves unlocking
@@ -108,6 +111,7 @@ class CaptureGuard:
         self.watched = {}  # id -> (label, object): attributes or items compared after the call
         self._locked = []
         self._swapped = []
+        self._views = []  # (gradient tensor, its array) whose .data is a GuardedArray for now
         for label, obj in roots:
             self._collect(label, obj, 0)
 
@@ -169,6 +173,10 @@ class CaptureGuard:
 
     def stop(self):
         self.open()
+        for g, array in self._views:
+            if type(_DATA.__get__(g)) is GuardedArray:
+                _DATA.__set__(g, array)
+        self._views.clear()
         for t in self._swapped:
             t.__class__ = type(t)._unguarded
         self._swapped.clear()
@@ -203,7 +211,11 @@ class CaptureGuard:
             g = _GRAD.__get__(t)
             if isinstance(g, Tensor):  # gradients appear during the call: guard them too
                 self._swap(g)
-                lock(_DATA.__get__(g))
+                array = _DATA.__get__(g)
+                if type(array) is np.ndarray:
+                    lock(array)
+                    _DATA.__set__(g, guarded_view(array, "a gradient (.grad.data)", _GRAD_HINT))
+                    self._views.append((g, array))
         for o in self.optimizers.values():
             for state in o.state:
                 for v in state.values():

@@ -23,8 +23,9 @@ keeps every one it has seen alive until it is done, so no id is reused in betwee
 
 While ``jit`` captures, a ``guard`` (``replay_guard.py``) keeps the arrays the step could change
 outside the engine read-only between the tape's own calls (``_run`` opens them for the engine's
-work), and the step gets its numpy arguments as ``ArgumentArray`` views whose numpy work outside
-the engine raises: such work would be frozen into, or left out of, every replay.
+work), and the step sees its numpy arguments and its gradients' data as ``GuardedArray`` views
+whose numpy work outside the engine raises: such work would be frozen into, or left out of,
+every replay.
 
 Two tapes of the same step agree (``same_as``) when they did the same work on the same objects;
 ``jit`` compiles a step only after two consecutive calls agree. Anything made outside the tape
@@ -53,29 +54,32 @@ class JitError(RuntimeError):
     """A step cannot be captured for replay (jit), or a replay would not repeat it."""
 
 
-def _refuse_numpy_work(what):
+def _refuse_numpy_work(array, what):
     if Tape.current() is not None:  # capturing in this thread, outside the tape's own calls
         raise JitError(
-            f"{what} on a numpy argument inside a jit step: the value would be computed once, at "
-            f"capture, and frozen into every replay. Wrap the argument in a Tensor and use tensor "
-            f"ops (Tensor(mask).sum()), or compute the value outside the step and pass it in as "
-            f"an argument")
+            f"{what} on {array.what} inside a jit step: the value would be computed once, at "
+            f"capture, and frozen into every replay. {array.hint}")
 
 
-class ArgumentArray(np.ndarray):
-    """A numpy argument of a step while jit captures it: numpy work on it in the step's own code
-    raises ``JitError``; handed to the engine (a tape call) it is the plain array."""
+class GuardedArray(np.ndarray):
+    """While jit captures: an array the step's own code may not compute with (its values would
+    be frozen into every replay), as the step sees it: a numpy argument, a gradient's data.
+    Numpy work on it raises ``JitError``; the engine gets ``.plain``, the array itself."""
+
+    what = "a numpy argument"
+    hint = ("Wrap the argument in a Tensor and use tensor ops (Tensor(mask).sum()), or compute "
+            "the value outside the step and pass it in as an argument")
 
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
-        _refuse_numpy_work(f"np.{ufunc.__name__}" + ("" if method == "__call__" else
-                                                      f".{method}"))
+        _refuse_numpy_work(self, f"np.{ufunc.__name__}" + ("" if method == "__call__" else
+                                                            f".{method}"))
         inputs = tuple(_plain(x) for x in inputs)
         if "out" in kwargs:
             kwargs["out"] = tuple(_plain(x) for x in kwargs["out"])
         return getattr(ufunc, method)(*inputs, **kwargs)
 
     def __array_function__(self, func, types, args, kwargs):
-        _refuse_numpy_work(f"np.{func.__name__}")
+        _refuse_numpy_work(self, f"np.{func.__name__}")
         return super().__array_function__(func, types, args, kwargs)
 
 
@@ -83,7 +87,7 @@ def _guarded_method(name):
     method = getattr(np.ndarray, name)
 
     def guarded(self, *args, **kwargs):
-        _refuse_numpy_work(f"{name}()" if not name.startswith("__") else name)
+        _refuse_numpy_work(self, f"{name}()" if not name.startswith("__") else name)
         return method(self, *args, **kwargs)
     guarded.__name__ = name
     return guarded
@@ -96,11 +100,20 @@ for _name in ("__getitem__", "__iter__", "__float__", "__int__", "__index__", "_
               "choose", "compress", "take", "repeat", "put", "fill", "itemset", "setfield",
               "partition", "argpartition", "trace", "diagonal"):
     if hasattr(np.ndarray, _name):
-        setattr(ArgumentArray, _name, _guarded_method(_name))
+        setattr(GuardedArray, _name, _guarded_method(_name))
+
+
+def guarded_view(array, what=None, hint=None):
+    """``array`` as the step's own code sees it while jit captures (``GuardedArray``)."""
+    view = array.view(GuardedArray)
+    view.plain = array
+    if what is not None:
+        view.what, view.hint = what, hint
+    return view
 
 
 def _plain(x):
-    return x.view(np.ndarray) if type(x) is ArgumentArray else x
+    return x.plain if type(x) is GuardedArray else x
 
 
 class ShapeOnly:
@@ -182,7 +195,6 @@ class Tape:
         self._aliases = {}  # id(tensor) -> the tensor it was detached from
         self._alive = list(arg_objects)  # everything whose id is in a map above
         self.guard = None  # while jit captures: locks arrays between the tape's calls
-        self._plain = {}  # id(ArgumentArray) -> the plain view the engine gets instead
 
     # ---- recording ----
 
@@ -193,25 +205,24 @@ class Tape:
     def forward(self, op, inputs, attrs):
         """An op's forward on tensors ``inputs``; the arrays of persistent tensors (parameters,
         buffers) are read live at replay."""
-        for t in inputs:  # a numpy argument wrapped by the step (x * mask): the plain array
-            if type(t.data) is ArgumentArray:
-                t.data = self._plain_of(t.data)
         spec = tuple(self._spec(t.data, t) for t in inputs)
+        if self.guard is not None and any(t.requires_grad for t in inputs):
+            # backward reads the inputs' arrays (a numpy argument the step wrapped, x * mask,
+            # or a gradient): give them the plain array
+            _LOCAL.tape = None  # the engine's assignment, not the step's
+            try:
+                for t in inputs:
+                    if type(t.data) is GuardedArray:
+                        t.data = t.data.plain
+            finally:
+                _LOCAL.tape = self
         return self._run(op.forward, spec, [t.data for t in inputs], attrs)
 
     def _plain_of(self, a):
-        """The plain view of ArgumentArray ``a`` (one per argument, standing for it)."""
+        """``a`` as the engine gets it: GuardedArrays (also in a tuple or list) as the array."""
         if type(a) in (tuple, list):
             return type(a)(self._plain_of(x) for x in a)
-        if type(a) is not ArgumentArray:
-            return a
-        view = self._plain.get(id(a))
-        if view is None:
-            view = self._plain[id(a)] = a.view(np.ndarray)
-            if id(a) in self._inputs:
-                self._inputs[id(view)] = self._inputs[id(a)]
-            self._alive += [a, view]
-        return view
+        return a.plain if type(a) is GuardedArray else a
 
     def _run(self, fn, spec, args, kwargs):
         kwspec = tuple((k, self._spec(v)) for k, v in kwargs.items()) if kwargs else ()
@@ -255,7 +266,10 @@ class Tape:
     def _spec(self, v, tensor=None):
         """Where value ``v`` comes from (see the module docstring); ``tensor`` owns ``v``."""
         t = type(v)
-        if t is np.ndarray or t is ArgumentArray or isinstance(v, np.generic):
+        if t is GuardedArray:
+            v = v.plain
+            t = type(v)
+        if t is np.ndarray or isinstance(v, np.generic):
             key = id(v)
             if key in self._regs:
                 return ("r", self._regs[key])
@@ -270,7 +284,7 @@ class Tape:
                     return ("in", self._inputs[key])
             elif key in self._args:  # a numpy scalar argument
                 return ("arg", self._args[key])
-            if t is not np.ndarray and t is not ArgumentArray:  # a numpy scalar: a value, 0.5
+            if t is not np.ndarray:  # a numpy scalar made by Python code: a value, like 0.5
                 return ("c", t, v)
             self._alive.append(v)
             if tensor is not None:
@@ -302,7 +316,7 @@ class Tape:
             return ("c", type(None), None)
         if isinstance(value, (tuple, list)):
             return ("t", tuple(self.output_spec(v) for v in value))
-        data = getattr(value, "data", None)
+        data = _plain(getattr(value, "data", None))
         if type(data) is not np.ndarray:
             raise JitError(f"a jit step must return tensors (or None, or a tuple of them), got "
                            f"{type(value).__name__}: a Python value would be frozen at capture; "

@@ -3,6 +3,7 @@ replayed bit for bit like the eager step (the oracle: the same step run eagerly 
 over several calls with new data) or refused with a JitError at its first capture, not by luck
 of the trial; and a fuzzer of random small training programs that asserts one or the other."""
 import random
+import types
 
 import numpy as np
 import pytest
@@ -316,6 +317,41 @@ def test_7_an_inference_step_follows_eval():
             assert np.array_equal(got.data, model_copy_out.data), i
 
 
+def test_7_only_the_modes_the_step_reads_are_guarded():
+    (_, _, _), (step, model, _) = twins(lambda m, o: train(
+        m, o, lambda out, y, w: F.cross_entropy(out, y)))
+    for x, y, w in data(3):
+        step(Tensor(x), y, w)
+    (replay, _), = step._compiled.values()
+    assert replay.source.count(".training is not True") == 1  # the batch norm's only
+    model[2].eval()  # a ReLU in eval mode computes the same: no capture again
+    x, y, w = data(1, seed=5)[0]
+    step(Tensor(x), y, w)
+    assert step.replays == 2
+
+
+# ---- what no check can see is told at capture ----
+
+def test_what_the_guards_cannot_see_is_warned_at_capture():
+    model, _ = model_and_opt()
+    helpers = types.ModuleType("helpers")  # a module of the user's: not looked into
+    helpers.model = model
+    exec("def forward(x):\n    return model(x)\n", helpers.__dict__)
+    x = Tensor(data(1)[0][0])
+
+    def predict(x):
+        with no_grad():
+            return helpers.forward(x)
+    with pytest.warns(RuntimeWarning, match="uses a module that it does not name"):
+        jit(predict)(x)
+
+    def scaled(x):
+        with no_grad():
+            return model(x) * float(model[0].weight.data.std())  # numpy on a parameter
+    with pytest.warns(RuntimeWarning, match=r"reads .data: a number computed with numpy"):
+        jit(scaled)(x)
+
+
 # ---- the fuzzer: random small training programs, jit against eager ----
 
 # Twists a step may have. "refused": jit must raise JitError at some call; the others must
@@ -396,6 +432,7 @@ def random_program(seed):
     return build, calls, twist
 
 
+@pytest.mark.filterwarnings("ignore:jit.step.. the step reads .data")
 @pytest.mark.parametrize("seed", range(40))
 def test_fuzz_jit_equals_eager_or_refuses(seed):
     build, calls, twist = random_program(seed)

@@ -39,7 +39,7 @@ import weakref
 import numpy as np
 
 from . import autograd
-from .replay_codegen import STALE, _free_variables, assigned_variables, compile_replay
+from .replay_codegen import STALE, _free_variables, assigned_variables, compile_replay, reads_data
 from .replay_guard import CaptureGuard, read_only_error
 from .replay_state import difference, restore, snapshot
 from .tape import JitError, Tape, guarded_view, is_model_tensor
@@ -174,7 +174,8 @@ class Jit:
                 if len(self._compiled) >= _SIGNATURES:  # keep the most recent ones
                     self._compiled.pop(next(iter(self._compiled)))
                 self._compiled[sig] = (compile_replay(prev[0], tape, prev[1], out_spec, kinds,
-                                                      self.fn, flat, guard.modules.values()),
+                                                      self.fn, flat,
+                                                      guard.training_read.values()),
                                        False)
                 return out
             if prev[2] + 1 >= _ATTEMPTS:
@@ -216,6 +217,12 @@ class Jit:
             warnings.warn(f"jit({self.__name__}): the step assigns {', '.join(written)}: Python "
                           f"code of the step runs only on the calls jit captures, not on "
                           f"replays", RuntimeWarning, stacklevel=4)
+        if reads_data(self.fn) and "data" not in self._told:
+            self._told.add("data")
+            warnings.warn(f"jit({self.__name__}): the step reads .data: a number computed with "
+                          f"numpy from a tensor's .data in the step is fixed at capture (jit "
+                          f"cannot see it); compute it with tensor ops", RuntimeWarning,
+                          stacklevel=4)
         if "modules" in self._told:
             return
         for _, spec, kwspec, _ in tape.instrs:

@@ -389,6 +389,20 @@ def assigned_variables(fn):
     return sorted(written)
 
 
+def reads_data(fn):
+    """Whether the code of ``fn`` (or code nested in it) reads an attribute ``.data``: numpy
+    values computed from a tensor's array there are fixed at capture, and no guard sees them."""
+    code = getattr(_unwrap(fn), "__code__", None)
+    todo = [] if code is None else [code]
+    while todo:
+        code = todo.pop()
+        if any(ins.opname in ("LOAD_ATTR", "LOAD_METHOD") and ins.argval == "data"
+               for ins in dis.get_instructions(code)):
+            return True
+        todo += [c for c in code.co_consts if isinstance(c, types.CodeType)]
+    return False
+
+
 def _own_functions(value, module_globals):
     """The functions of the module ``module_globals`` that ``value`` is, or that it wraps: a
     decorator's wrapper (``__wrapped__``, or the functions in the wrapper's closure)."""

@@ -26,6 +26,7 @@ capture of the same signature touched.
 import operator
 import pickle
 import random
+import threading
 import types
 
 import numpy as np
@@ -92,6 +93,33 @@ def _guarded_class(cls):
     return guarded
 
 
+_LOCAL = threading.local()  # .guard: the guard of the capture running in this thread
+_MODULE_CLASSES = {}
+
+
+def _read_training(m):
+    guard = getattr(_LOCAL, "guard", None)
+    if guard is not None:
+        guard.training_read[id(m)] = m
+    return m.__dict__["training"]
+
+
+def _set_training(m, value):
+    m.__dict__["training"] = value
+
+
+def _watched_module_class(cls):
+    """``cls`` whose ``training`` flag records who reads it (only those are guarded at every
+    replay: a batch norm's, not a ReLU's)."""
+    watched = _MODULE_CLASSES.get(cls)
+    if watched is None:
+        watched = _MODULE_CLASSES[cls] = type(cls.__name__, (cls,), {
+            "__module__": cls.__module__, "__qualname__": cls.__qualname__,
+            "training": property(_read_training, _set_training)})
+        watched._unguarded = cls
+    return watched
+
+
 def read_only_error(e):
     """Whether ``e`` is numpy's refusal to write into an array a guard locked."""
     return isinstance(e, ValueError) and "read-only" in str(e)
@@ -112,6 +140,7 @@ class CaptureGuard:
         self._locked = []
         self._swapped = []
         self._views = []  # (gradient tensor, its array) whose .data is a GuardedArray for now
+        self.training_read = {}  # id -> module whose ``training`` the call read
         for label, obj in roots:
             self._collect(label, obj, 0)
 
@@ -169,9 +198,15 @@ class CaptureGuard:
         self._grad_flags = {k: t.requires_grad for k, t in self.tensors.items()}
         for t in self.tensors.values():
             self._swap(t)
+        for m in self.modules.values():
+            if "_unguarded" not in type(m).__dict__ and "training" in m.__dict__:
+                m.__class__ = _watched_module_class(type(m))
+                self._swapped.append(m)
+        _LOCAL.guard = self
         self.close()
 
     def stop(self):
+        _LOCAL.guard = None
         self.open()
         for g, array in self._views:
             if type(_DATA.__get__(g)) is GuardedArray:

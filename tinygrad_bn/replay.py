@@ -14,18 +14,25 @@ What a replay repeats: array work done by the engine on the step's argument arra
 parameters and buffers (read live, so in-place updates and replaced ``.data`` are seen) and on
 the optimizer's state; the optimizer's hyperparameters are read at every call (a new ``lr``
 applies). What it does not repeat: any other Python in the step (printing, counting, ``if``) and
-Python values it fixed at capture (batch norm's momentum and eps, ``train()``/``eval()``, which
-parameters had a gradient). After changing those, call ``step.reset()``.
+Python values it fixed at capture (batch norm's momentum and eps). After changing those, call
+``step.reset()``.
 
 What protects a replay from doing something else than the eager step would:
+* every capture call runs under a ``CaptureGuard`` (``replay_guard.py``), which refuses on the
+  spot what a replay would freeze or leave out: numpy work on numpy arguments and gradients,
+  numpy writes into the arrays of parameters, buffers, gradients, optimizer state and the
+  step's variables, assigning ``.data``/``.grad``, drawing random numbers, changing settings
+  of the optimizers, modules and objects the step names; and an argument's graph that the
+  step's backward runs into;
 * two calls in a row must do the same work on the same objects before anything is compiled
-  (arrays made outside the engine inside the step, like ``np.random`` noise, differ);
+  (arrays made outside the engine inside the step differ);
 * the compiled step is trusted only after a trial: one call runs eagerly and is replayed from
   the same starting state, and everything both touched (parameters, gradients, buffers,
   optimizer state, outputs) must come out bit for bit the same, which catches numpy work on
   ``.data``/``.grad`` inside the step (``replay_state.py``);
 * guards, checked before every replay, capture again when a live tensor changed dtype or shape
-  (``model.double()``) or a variable the step reads names another object (``replay_codegen.py``);
+  (``model.double()``), a variable the step reads names another object, or a module whose
+  ``training`` flag the step read was switched by ``train()``/``eval()`` (``replay_codegen.py``);
 * ``JitError`` for what cannot work: reading a value inside the step (``item()``, ``numpy()``,
   ``if t:``), indexing with a boolean mask, returning a tensor whose graph was not used.
 

@@ -125,6 +125,8 @@ def clip_then_step(how):
             elif how == "in place":
                 for p in model.parameters():
                     p.grad.data *= 0.5
+            elif how == "zeroed":
+                model[0].bias.grad.data[:] = 0
             elif how == "only when large":  # a no-op on the captured calls: still refused
                 norm = np.sqrt(sum((p.grad.data ** 2).sum() for p in model.parameters()))
                 if norm > 1e9:
@@ -139,6 +141,7 @@ def clip_then_step(how):
 @pytest.mark.parametrize("how, match", [
     ("reassign", r"assigning .grad of a Parameter"),
     ("in place", r"np.multiply on a gradient"),
+    ("zeroed", r"writes with numpy into an array"),
     ("only when large", r"np.square on a gradient")])
 def test_2_gradient_clipping_outside_the_tape_is_refused(how, match):
     first_call_refused(clip_then_step(how), match)
@@ -187,6 +190,20 @@ def test_2_optimizer_state_and_arguments_are_read_only_to_the_step():
             return train(model, opt, lambda out, y, w: F.cross_entropy(out, y))(x, y, w)
         return step
     first_call_refused(make_writer, r"writes with numpy into an array")
+
+    def make_mask_writer(model, opt):
+        def step(x, y, w):
+            w[w > 1] = 1  # writes into the caller's numpy array
+            return train(model, opt, lambda out, y, w: F.cross_entropy(out, y))(x, y, w)
+        return step
+    first_call_refused(make_mask_writer, r"np.greater on a numpy argument")
+
+    def make_clamp(model, opt):
+        def step(x, y, w):
+            w[:] = 1
+            return train(model, opt, lambda out, y, w: F.cross_entropy(out, y))(x, y, w)
+        return step
+    first_call_refused(make_clamp, r"writes with numpy into an array")
 
 
 # ---- 3. a tensor argument's graph ----

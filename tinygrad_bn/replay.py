@@ -145,9 +145,9 @@ class Jit:
         return self.fn(*flat[:n], **dict(zip(names, flat[n:])))
 
     def _capture(self, sig, flat, names):
-        guard = CaptureGuard(self.__name__, self._roots(sig, flat))
         # numpy arguments as views whose numpy work in the step's own code raises
         given = tuple(guarded_view(a) if type(a) is np.ndarray else a for a in flat)
+        guard = CaptureGuard(self.__name__, self._roots(sig, given))
         tape = Tape(given, [_array_of(a) for a in flat])
         tape.guard = guard
         guard.start()

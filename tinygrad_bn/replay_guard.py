@@ -246,11 +246,15 @@ class CaptureGuard:
             g = _GRAD.__get__(t)
             if isinstance(g, Tensor):  # gradients appear during the call: guard them too
                 self._swap(g)
-                array = _DATA.__get__(g)
-                if type(array) is np.ndarray:
-                    lock(array)
-                    _DATA.__set__(g, guarded_view(array, "a gradient (.grad.data)", _GRAD_HINT))
+                view = _DATA.__get__(g)
+                if type(view) is np.ndarray:  # a new gradient: the step sees a GuardedArray
+                    array = view
+                    view = guarded_view(array, "a gradient (.grad.data)", _GRAD_HINT)
+                    _DATA.__set__(g, view)
                     self._views.append((g, array))
+                if type(view) is GuardedArray:  # both, so the engine can write through either
+                    lock(view.plain)
+                lock(view)
         for o in self.optimizers.values():
             for state in o.state:
                 for v in state.values():
@@ -259,7 +263,7 @@ class CaptureGuard:
             lock(a)
 
     def _lock(self, a):
-        if type(a) is np.ndarray and a.flags.writeable:
+        if (type(a) is np.ndarray or type(a) is GuardedArray) and a.flags.writeable:
             a.flags.writeable = False
             self._locked.append(a)
 

@@ -309,6 +309,15 @@ def test_6_switching_modes_inside_the_step_is_refused():
         step(Tensor(x), y, w)
 
 
+def test_6_freezing_a_parameter_inside_the_step_is_refused():
+    def make(model, opt):
+        def step(x, y, w):
+            model[0].weight.requires_grad_(False)
+            return train(model, opt, lambda out, y, w: F.cross_entropy(out, y))(x, y, w)
+        return step
+    first_call_refused(make, "changes requires_grad of a Parameter")
+
+
 # ---- 7. train() / eval() after capture ----
 
 def test_7_eval_after_capture_uses_running_statistics_like_eager():
@@ -484,3 +493,14 @@ def test_fuzz_jit_equals_eager_or_refuses(seed):
 def test_fuzz_covers_every_twist():
     seen = {random_program(seed)[2] for seed in range(40)}
     assert seen == set(TWISTS), set(TWISTS) - seen
+
+
+def test_an_engine_function_wrongly_listed_as_pure_is_an_error_not_a_jit_error(monkeypatch):
+    import tinygrad_bn.replay_guard as guard
+    monkeypatch.setattr(guard, "_PURE", guard._PURE | {id(optim.Optimizer._update_at)})
+    (_, _, _), (step, _, _) = twins(lambda m, o: train(
+        m, o, lambda out, y, w: F.cross_entropy(out, y)))
+    x, y, w = data(1)[0]
+    with pytest.raises(RuntimeError, match="remove it from replay_guard._PURE") as e:
+        step(Tensor(x), y, w)
+    assert not isinstance(e.value, JitError)

@@ -238,6 +238,12 @@ class Tape:
         _LOCAL.tape = None  # work inside fn is part of this instruction
         try:
             result = fn(*args, **kwargs) if kwargs else fn(*args)
+        except ValueError as e:
+            if self.guard is None or guard is not None or "read-only" not in str(e):
+                raise
+            raise RuntimeError(  # the engine's own mistake, not the step's
+                f"jit: {describe(fn)} writes into an array, but the capture guard runs it with "
+                f"the arrays locked: remove it from replay_guard._PURE") from e
         finally:
             _LOCAL.tape = self
             if guard is not None:

@@ -318,6 +318,20 @@ def test_6_freezing_a_parameter_inside_the_step_is_refused():
     first_call_refused(make, "changes requires_grad of a Parameter")
 
 
+def test_2_a_gradient_used_in_a_second_differentiable_loss_replays_like_eager():
+    def make(model, opt):
+        def step(x, y, w):
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            weight = model[0].weight
+            penalty = (weight * weight.grad).sum()  # the gradient as a constant of a new graph
+            penalty.backward()
+            opt.step()
+            return penalty
+        return step
+    assert run_twins(make, new_batches()).replays == 4
+
+
 # ---- 7. train() / eval() after capture ----
 
 def test_7_eval_after_capture_uses_running_statistics_like_eager():

@@ -141,6 +141,9 @@ class CaptureGuard:
         self._swapped = []
         self._views = []  # (gradient tensor, its array) whose .data is a GuardedArray for now
         self.training_read = {}  # id -> module whose ``training`` the call read
+        # ids of arrays an op of the graph holds (a gradient used in a differentiable op):
+        # plain again, so backward reads them as arrays
+        self.released = set()
         for label, obj in roots:
             self._collect(label, obj, 0)
 
@@ -247,7 +250,8 @@ class CaptureGuard:
             if isinstance(g, Tensor):  # gradients appear during the call: guard them too
                 self._swap(g)
                 view = _DATA.__get__(g)
-                if type(view) is np.ndarray:  # a new gradient: the step sees a GuardedArray
+                if type(view) is np.ndarray and id(view) not in self.released:
+                    # a new gradient: the step's own code sees a GuardedArray
                     array = view
                     view = guarded_view(array, "a gradient (.grad.data)", _GRAD_HINT)
                     _DATA.__set__(g, view)

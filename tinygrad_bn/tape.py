@@ -214,6 +214,7 @@ class Tape:
                 for t in inputs:
                     if type(t.data) is GuardedArray:
                         t.data = t.data.plain
+                        self.guard.released.add(id(t.data))
             finally:
                 _LOCAL.tape = self
         return self._run(op.forward, spec, [t.data for t in inputs], attrs)

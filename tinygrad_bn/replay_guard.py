@@ -14,6 +14,8 @@ that call happens to do nothing (a clip that did not trigger). So each capture c
   own code (``p.grad = clipped``); the engine's assignments happen inside tape calls;
 * numpy arguments and gradients' data are ``GuardedArray`` views (``tape.py``) for the step's
   own code: ``mask.sum()``, ``lw[0]``, a gradient norm computed with numpy refuse;
+* the step's modules record who reads their ``training`` flag: those flags are guarded at every
+  replay (``model.eval()`` after capture captures the eval-mode step);
 * after the call, the random generators (``np.random``, ``random``, any numpy generator the step
   names) must not have moved, and the plain attributes of the step's modules, optimizers and
   other objects it names (``opt.lr``, ``model.training``, a list it appends to) must hold what
@@ -132,7 +134,7 @@ class CaptureGuard:
     def __init__(self, name, roots):
         self.name = name
         self.tensors = {}  # id -> tensor (parameters, buffers, arguments, their gradients)
-        self.modules = {}  # id -> module (train()/eval() are guarded at every replay)
+        self.modules = {}  # id -> module of the step (its settings are watched)
         self.optimizers = {}
         self.arrays = {}  # id -> array the step's variables or arguments hold
         self.generators = {}

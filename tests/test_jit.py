@@ -219,8 +219,8 @@ def alternating_loss(model):
     return step
 
 
-@pytest.mark.parametrize("make, match", [(noisy_loss, "made outside the tape"),
-                                         (alternating_loss, "4 calls in a row did different")])
+@pytest.mark.parametrize("make, match", [(noisy_loss, "draws random numbers"),
+                                         (alternating_loss, r"changes calls \(a list of 0")])
 def test_work_that_differs_between_calls_is_caught(make, match):
     step = jit(make(mlp()))
     with pytest.raises(JitError, match=match):
@@ -400,7 +400,7 @@ def test_gradients_accumulated_over_calls_with_zero_grad_outside():
             assert np.array_equal(p.grad.data, q.grad.data), i
 
 
-def test_numpy_work_on_parameters_inside_the_step_is_refused_by_the_trial():
+def test_numpy_work_on_parameters_inside_the_step_is_refused_at_the_first_call():
     model = mlp()
 
     def step(x, y):
@@ -410,20 +410,16 @@ def test_numpy_work_on_parameters_inside_the_step_is_refused_by_the_trial():
         for p in model.parameters():
             p.data -= 0.1 * p.grad.data  # plain numpy: not on the tape
         return loss
-    reference = mlp()
-    jitted = jit(step)
-    data = batches(3)
-    for x, y in data[:2]:
-        jitted(Tensor(x), y)
-    with pytest.raises(JitError, match="a replay would not do what the step does"):
-        jitted(Tensor(data[2][0]), data[2][1])
-    for x, y in data:  # the refused call was still applied once, eagerly
-        reference.zero_grad()
-        F.cross_entropy(reference(Tensor(x)), y).backward()
-        for p in reference.parameters():
-            p.data -= 0.1 * p.grad.data
-    for p, q in zip(reference.parameters(), model.parameters()):
-        assert np.array_equal(p.data, q.data)
+    before = [p.data.copy() for p in model.parameters()]
+    x, y = batches(1)[0]
+    with pytest.raises(JitError, match=r"np.multiply on a gradient \(.grad.data\)"):
+        jit(step)(Tensor(x), y)
+    # the step stopped at the refused write; the arrays are writeable again afterwards
+    for p, b in zip(model.parameters(), before):
+        assert np.array_equal(p.data, b) and p.data.flags.writeable
+        assert type(p.grad.data) is np.ndarray and p.grad.data.flags.writeable
+        assert type(p) is nn.Parameter
+    step(Tensor(x), y)  # eagerly, the same step runs
 
 
 def test_global_arrays_boolean_masks_and_unused_graphs_are_refused():
@@ -567,13 +563,17 @@ def test_a_global_counter_in_the_step_and_adam_state_survive_recaptures_and_the_
     eager_model = mlp()
     eager_opt = optim.Adam(eager_model.parameters(), lr=0.01)
     eager, step = make_step(eager_model, eager_opt), jit(script.step)
-    for x, y in batches(8):
+    for i, (x, y) in enumerate(batches(8)):
+        if i == 0:  # told once, at the first capture: the guards cannot see this
+            with pytest.warns(RuntimeWarning, match="the step assigns steps"):
+                assert step(Tensor(x), y).item() == eager(Tensor(x), y).item()
+            continue
         assert step(Tensor(x), y).item() == eager(Tensor(x), y).item()
         assert_same_state(state_of(script.model, script.opt), state_of(eager_model, eager_opt))
     assert step.replays == 6
 
 
-def test_trial_compares_optimizer_state_and_leaves_the_eager_state():
+def test_numpy_work_on_optimizer_state_is_refused_at_the_first_call():
     model = mlp()
     opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
 
@@ -584,19 +584,10 @@ def test_trial_compares_optimizer_state_and_leaves_the_eager_state():
         opt.step()
         opt.state[0]["momentum_buffer"] *= 0.5  # numpy on optimizer state: not on the tape
         return loss
-    reference_model = mlp()
-    reference_opt = optim.SGD(reference_model.parameters(), lr=0.1, momentum=0.9)
-    reference = make_step(reference_model, reference_opt)
-    jitted = jit(step)
-    for i, (x, y) in enumerate(batches(3)):
-        reference(Tensor(x), y)
-        reference_opt.state[0]["momentum_buffer"] *= 0.5
-        if i < 2:
-            jitted(Tensor(x), y)
-        else:
-            with pytest.raises(JitError, match="optimizer|momentum_buffer|state"):
-                jitted(Tensor(x), y)
-    assert_same_state(state_of(model, opt), state_of(reference_model, reference_opt))
+    x, y = batches(1)[0]
+    with pytest.raises(JitError, match="writes with numpy into an array"):
+        jit(step)(Tensor(x), y)
+    assert opt.state[0]["momentum_buffer"].flags.writeable
 
 
 def test_freezing_a_layer_after_compile_captures_again():

@@ -142,7 +142,7 @@ class Tensor:
         return self
 
     def __array__(self, dtype=None, copy=None):
-        dispatch.read("np.asarray(tensor)")
+        dispatch.read("np.asarray(tensor) (or any numpy function given a tensor)")
         return self.data if dtype is None else self.data.astype(dtype)
 
     def __bool__(self):

@@ -60,12 +60,13 @@ _OPS = ({id(k.forward) for k in _KERNELS} | {id(v) for k in _KERNELS for v in k.
 _PURE = _OPS | {id(operator.add), id(operator.iadd)}
 
 
-def compile_replay(first, second, first_out, out_spec, arg_kinds, fn, args):
+def compile_replay(first, second, first_out, out_spec, arg_kinds, fn, args, modules=()):
     """The replay function for tapes ``first`` and ``second`` (which agree; ``second`` is the
     latest) and their output specs. ``arg_kinds``: per argument, "tensor", "array" or "value";
     ``args``: the arguments of the latest capture. ``fn``: the step function, whose closure and
-    globals are guarded. Returns the function, with ``.source`` (its text) and ``.objects``
-    (what it reads: for checking a trial replay).
+    globals are guarded. ``modules``: those whose ``training`` flag (train()/eval()) must stay
+    as it is now (a layer's forward branches on it). Returns the function, with ``.source``
+    (its text) and ``.objects`` (what it reads: for checking a trial replay).
     """
     ns = {"W": Tensor._wrap, "STALE": STALE, "IS": operator.is_}
     names = {}
@@ -155,10 +156,11 @@ def compile_replay(first, second, first_out, out_spec, arg_kinds, fn, args):
                           f"{name}.data.strides != {tensor.data.strides!r} or "
                           f"{name}.requires_grad is not {bool(tensor.requires_grad)}")
     free = _free_variables(fn)
-    for holder, read, value in free:
+    for holder, read, value, _ in free:
         guards.append(f"{read.format(bind('H', holder))} is not {bind('O', value)}")
-    named = [value for _, _, value in free]
+    named = [value for _, _, value, _ in free]
     guards += _identity_guards(second, args, arg_kinds, names, ns, objects, bind, named)
+    guards += [f"{bind('O', m)}.training is not {bool(m.training)}" for m in modules]
     head = [f"    d{i} = a{i}.data" if kind == "tensor" else f"    d{i} = a{i}"
             for i, kind in enumerate(arg_kinds) if kind in ("tensor", "array")]
     if guards:
@@ -333,35 +335,33 @@ def _registers(specs):
 # ---- guards on the variables the step function reads ----
 
 def _free_variables(fn):
-    """(holder, read, value) for each closure cell and module global ``fn`` reads, except
+    """(holder, read, value, name) for each closure cell and module global ``fn`` reads, except
     modules: ``read`` formats the holder's name in the generated code into an expression for
     the variable's current value, which is ``value`` now. Rebinding any of them (a new
     optimizer, model, function or number under the same name) makes the replay stale. The
     same for the functions of the step's own module it calls (a helper reading a global
     ``opt``), and theirs in turn."""
-    # functools.partial, a bound method, a jit method's wrapper: guard the function inside
-    while hasattr(fn, "func") or hasattr(fn, "__func__") or hasattr(fn, "__wrapped__"):
-        fn = getattr(fn, "func", None) or getattr(fn, "__func__", None) or fn.__wrapped__
+    fn = _unwrap(fn)
     if getattr(fn, "__code__", None) is None:
         return []
     out, seen, todo = [], {id(fn)}, [fn]
     while todo:
         f = todo.pop()
         values = []
-        for cell in f.__closure__ or ():
+        for name, cell in zip(f.__code__.co_freevars, f.__closure__ or ()):
             try:
                 value = cell.cell_contents
             except ValueError:  # not bound yet
                 continue
             if not isinstance(value, types.ModuleType):
-                out.append((cell, "{}.cell_contents", value))
+                out.append((cell, "{}.cell_contents", value, name))
                 values.append(value)
         module_globals = f.__globals__
         read, written = _globals_of(f.__code__)
         for var in sorted(read - written):  # a global the step assigns is its own counter
             value = module_globals.get(var)
             if var in module_globals and not isinstance(value, types.ModuleType):
-                out.append((module_globals, "{}.get(" + repr(var) + ")", value))
+                out.append((module_globals, "{}.get(" + repr(var) + ")", value, var))
                 values.append(value)
         for value in values:  # helpers written next to the step, not library functions
             for helper in _own_functions(value, fn.__globals__):
@@ -369,6 +369,41 @@ def _free_variables(fn):
                     seen.add(id(helper))
                     todo.append(helper)
     return out
+
+
+def _unwrap(fn):
+    # functools.partial, a bound method, a jit method's wrapper: the function inside
+    while hasattr(fn, "func") or hasattr(fn, "__func__") or hasattr(fn, "__wrapped__"):
+        fn = getattr(fn, "func", None) or getattr(fn, "__func__", None) or fn.__wrapped__
+    return fn
+
+
+def assigned_variables(fn):
+    """The globals and enclosing functions' variables ``fn`` assigns (``global steps;
+    steps += 1``): Python work a replay skips, which no check can see."""
+    fn = _unwrap(fn)
+    code = getattr(fn, "__code__", None)
+    if code is None:
+        return []
+    written = set(_globals_of(code)[1])
+    for ins in dis.get_instructions(code):
+        if ins.opname in ("STORE_DEREF", "DELETE_DEREF") and ins.argval in code.co_freevars:
+            written.add(ins.argval)
+    return sorted(written)
+
+
+def reads_data(fn):
+    """Whether the code of ``fn`` (or code nested in it) reads an attribute ``.data``: numpy
+    values computed from a tensor's array there are fixed at capture, and no guard sees them."""
+    code = getattr(_unwrap(fn), "__code__", None)
+    todo = [] if code is None else [code]
+    while todo:
+        code = todo.pop()
+        if any(ins.opname in ("LOAD_ATTR", "LOAD_METHOD") and ins.argval == "data"
+               for ins in dis.get_instructions(code)):
+            return True
+        todo += [c for c in code.co_consts if isinstance(c, types.CodeType)]
+    return False
 
 
 def _own_functions(value, module_globals):

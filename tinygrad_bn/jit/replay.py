@@ -14,18 +14,25 @@ What a replay repeats: array work done by the engine on the step's argument arra
 parameters and buffers (read live, so in-place updates and replaced ``.data`` are seen) and on
 the optimizer's state; the optimizer's hyperparameters are read at every call (a new ``lr``
 applies). What it does not repeat: any other Python in the step (printing, counting, ``if``) and
-Python values it fixed at capture (batch norm's momentum and eps, ``train()``/``eval()``, which
-parameters had a gradient). After changing those, call ``step.reset()``.
+Python values it fixed at capture (batch norm's momentum and eps). After changing those, call
+``step.reset()``.
 
 What protects a replay from doing something else than the eager step would:
+* every capture call runs under a ``CaptureGuard`` (``guard.py``), which refuses on the
+  spot what a replay would freeze or leave out: numpy work on numpy arguments and gradients,
+  numpy writes into the arrays of parameters, buffers, gradients, optimizer state and the
+  step's variables, assigning ``.data``/``.grad``, drawing random numbers, changing settings
+  of the optimizers, modules and objects the step names; and an argument's graph that the
+  step's backward runs into;
 * two calls in a row must do the same work on the same objects before anything is compiled
-  (arrays made outside the engine inside the step, like ``np.random`` noise, differ);
+  (arrays made outside the engine inside the step differ);
 * the compiled step is trusted only after a trial: one call runs eagerly and is replayed from
   the same starting state, and everything both touched (parameters, gradients, buffers,
   optimizer state, outputs) must come out bit for bit the same, which catches numpy work on
-  ``.data``/``.grad`` inside the step (``replay_state.py``);
+  ``.data``/``.grad`` inside the step (``state.py``);
 * guards, checked before every replay, capture again when a live tensor changed dtype or shape
-  (``model.double()``) or a variable the step reads names another object (``replay_codegen.py``);
+  (``model.double()``), a variable the step reads names another object, or a module whose
+  ``training`` flag the step read was switched by ``train()``/``eval()`` (``codegen.py``);
 * ``JitError`` for what cannot work: reading a value inside the step (``item()``, ``numpy()``,
   ``if t:``), indexing with a boolean mask, returning a tensor whose graph was not used.
 
@@ -40,9 +47,10 @@ import numpy as np
 
 from .. import autograd
 from ..tensor import Tensor
-from .codegen import STALE, compile_replay
+from .codegen import STALE, _free_variables, assigned_variables, compile_replay, reads_data
+from .guard import CaptureGuard, read_only_error
 from .state import difference, restore, snapshot
-from .tape import JitError, Tape
+from .tape import JitError, Tape, guarded_view, is_model_tensor
 
 _ATTEMPTS = 4  # calls captured without two in a row agreeing, before giving up
 _SIGNATURES = 16  # pending captures kept (a number argument that changes every call...)
@@ -68,6 +76,7 @@ class Jit:
         self.__name__ = getattr(fn, "__name__", "step")
         self.__doc__ = getattr(fn, "__doc__", None)
         self._bound = weakref.WeakKeyDictionary()  # instance -> its own Jit (on a method)
+        self._owner = None  # on a method: a weak reference to the instance
         self.reset()
 
     def reset(self):
@@ -75,6 +84,7 @@ class Jit:
         self._compiled = {}  # signature -> (replay function, trusted)
         self._pending = {}  # signature -> (last tape, its output spec, calls captured)
         self._warned = False
+        self._told = set()  # warnings given at capture (once each)
         self.replays = self.recaptures = 0
 
     @property
@@ -96,6 +106,7 @@ class Jit:
                     return fn(ref(), *args, **kwargs)
                 method.__wrapped__, method.__name__ = fn, self.__name__
                 bound = self._bound[obj] = Jit(method)
+                bound._owner = ref
         except TypeError:
             raise JitError(f"jit on a method needs instances that can be weakly referenced; "
                            f"{type(obj).__name__} cannot") from None
@@ -134,15 +145,34 @@ class Jit:
         return self.fn(*flat[:n], **dict(zip(names, flat[n:])))
 
     def _capture(self, sig, flat, names):
-        tape = Tape(flat, [_array_of(a) for a in flat])
+        # numpy arguments as views whose numpy work in the step's own code raises
+        given = tuple(guarded_view(a) if type(a) is np.ndarray else a for a in flat)
+        guard = CaptureGuard(self.__name__, self._roots(sig, given))
+        tape = Tape(given, [_array_of(a) for a in flat])
+        tape.guard = guard
+        guard.start()
         tape.start()
         try:
-            out = self._run(flat, names)
+            try:
+                out = self._run(given, names)
+            except ValueError as e:
+                if not read_only_error(e):
+                    raise
+                raise JitError(
+                    f"jit({self.__name__}): the step writes with numpy into an array that a "
+                    f"parameter, buffer, gradient, optimizer, argument or variable of the step "
+                    f"holds ({e}): a replay repeats only the engine's array work, so it would "
+                    f"not do that write. Use tensor ops and optimizers inside the step, or do "
+                    f"that work outside it (this call's step stopped there)") from e
             _refuse_unused_graphs(out, tape, self.__name__)
+            _refuse_argument_graphs(flat, tape, self.__name__)
             out_spec = tape.output_spec(out)
+            guard.check()
         finally:
             tape.stop()
+            guard.stop()
             tape.finish()
+        self._warn_unguarded(tape, guard)
         prev = self._pending.pop(sig, None)
         if prev is not None:
             why = tape.same_as(prev[0])
@@ -151,7 +181,9 @@ class Jit:
                 if len(self._compiled) >= _SIGNATURES:  # keep the most recent ones
                     self._compiled.pop(next(iter(self._compiled)))
                 self._compiled[sig] = (compile_replay(prev[0], tape, prev[1], out_spec, kinds,
-                                                      self.fn, flat), False)
+                                                      self.fn, flat,
+                                                      guard.training_read.values()),
+                                       False)
                 return out
             if prev[2] + 1 >= _ATTEMPTS:
                 raise JitError(
@@ -169,6 +201,48 @@ class Jit:
                               RuntimeWarning, stacklevel=3)
         self._pending[sig] = (tape, out_spec, 1 if prev is None else prev[2] + 1)
         return out
+
+    def _roots(self, sig, flat):
+        """(label, object) for everything the step reaches (``CaptureGuard``)."""
+        roots = [(f"argument {i}", a) for i, a in enumerate(flat)]
+        owner = self._owner() if self._owner is not None else None
+        if owner is not None:
+            roots.append(("self", owner))
+        roots += [(name, value) for _, _, value, name in _free_variables(self.fn)]
+        pending = self._pending.get(sig)
+        if pending is not None:  # what the previous capture touched, however it got there
+            for _, spec, kwspec, _ in pending[0].instrs:
+                for s in _objects_of(spec + tuple(s for _, s in kwspec)):
+                    roots.append((f"a {type(s).__name__} the step uses", s))
+        return roots
+
+    def _warn_unguarded(self, tape, guard):
+        """Warn once about what the guards cannot see (README: "Fixed at capture")."""
+        written = assigned_variables(self.fn)
+        if written and "assigns" not in self._told:
+            self._told.add("assigns")
+            warnings.warn(f"jit({self.__name__}): the step assigns {', '.join(written)}: Python "
+                          f"code of the step runs only on the calls jit captures, not on "
+                          f"replays", RuntimeWarning, stacklevel=4)
+        if reads_data(self.fn) and "data" not in self._told:
+            self._told.add("data")
+            warnings.warn(f"jit({self.__name__}): the step reads .data: a number computed with "
+                          f"numpy from a tensor's .data in the step is fixed at capture (jit "
+                          f"cannot see it); compute it with tensor ops", RuntimeWarning,
+                          stacklevel=4)
+        if "modules" in self._told:
+            return
+        for _, spec, kwspec, _ in tape.instrs:
+            for t in _objects_of(spec + tuple(s for _, s in kwspec)):
+                if isinstance(t, Tensor) and is_model_tensor(t) and id(t) not in guard.tensors:
+                    self._told.add("modules")
+                    warnings.warn(
+                        f"jit({self.__name__}): the step uses a module that it does not name "
+                        f"in its variables (reached through another module's function): jit "
+                        f"cannot watch its train()/eval() mode or its settings; call "
+                        f"{self.__name__}.reset() after changing them", RuntimeWarning,
+                        stacklevel=4)
+                    return
 
     def _trial(self, sig, replay, flat, names):
         """Run the step eagerly, then the replay from the same starting state; trust the replay
@@ -226,6 +300,28 @@ def _refuse_unused_graphs(out, tape, name):
                            f"the step, or compute under no_grad() (inference)")
 
 
+def _refuse_argument_graphs(flat, tape, name):
+    for i, a in enumerate(flat):
+        ctx = getattr(a, "_ctx", None) if isinstance(a, Tensor) else None
+        if ctx is not None and ctx in tape.backpropagated:
+            raise JitError(f"jit({name}): argument {i} carries a graph (it was computed from "
+                           f"tensors that require gradients, outside the step) and the step's "
+                           f"backward() runs into it: a replay builds no graph, so gradients "
+                           f"would not reach those tensors. Compute it inside the step from its "
+                           f"inputs, or pass it detached (x.detach())")
+
+
+def _objects_of(specs):
+    """The tensors (``x``) and objects (``o``) a tape's specs name."""
+    for s in specs:
+        if type(s) is not tuple or not s:
+            continue
+        if s[0] in ("x", "o"):
+            yield s[1].obj
+        elif s[0] in ("t", "l"):
+            yield from _objects_of(s[1])
+
+
 def _array_of(a):
     if isinstance(a, Tensor):
         return a.data
@@ -240,8 +336,11 @@ def _signature(flat, names):
     first = {}
     for i, a in enumerate(flat):
         if isinstance(a, Tensor):
+            # a._ctx: an argument that carries a graph is captured apart (and refused if the
+            # step backpropagates into it)
             sig.append(("tensor", a.data.shape, a.data.dtype, a.data.strides, a.requires_grad,
-                        first.setdefault(id(a), i), first.setdefault(id(a.data), i)))
+                        a._ctx is None, first.setdefault(id(a), i),
+                        first.setdefault(id(a.data), i)))
         elif isinstance(a, np.ndarray):
             sig.append(("array", a.shape, a.dtype, a.strides, first.setdefault(id(a), i)))
         elif isinstance(a, (float, np.floating)):  # 0.0 == -0.0, but they compute apart

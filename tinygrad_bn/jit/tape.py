@@ -21,6 +21,12 @@ Op forwards come with their input tensors (``forward``), every other call with p
 Arrays are told apart by ``id``; the tape
 keeps every one it has seen alive until it is done, so no id is reused in between.
 
+While ``jit`` captures, a ``guard`` (``guard.py``) keeps the arrays the step could change
+outside the engine read-only between the tape's own calls (``_run`` opens them for the engine's
+work), and the step sees its numpy arguments and its gradients' data as ``GuardedArray`` views
+whose numpy work outside the engine raises: such work would be frozen into, or left out of,
+every replay.
+
 Two tapes of the same step agree (``same_as``) when they did the same work on the same objects;
 ``jit`` compiles a step only after two consecutive calls agree. Anything made outside the tape
 inside the step (``np.random...``, ``loss.item()``) differs between calls and is caught there.
@@ -33,6 +39,68 @@ from ..nn.module import is_model_tensor  # noqa: F401  (the jit's view of the mo
 
 class JitError(RuntimeError):
     """A step cannot be captured for replay (jit), or a replay would not repeat it."""
+
+
+def _refuse_numpy_work(array, what):
+    if Tape.current() is not None:  # capturing in this thread, outside the tape's own calls
+        raise JitError(
+            f"{what} on {array.what} inside a jit step: the value would be computed once, at "
+            f"capture, and frozen into every replay. {array.hint}")
+
+
+class GuardedArray(np.ndarray):
+    """While jit captures: an array the step's own code may not compute with (its values would
+    be frozen into every replay), as the step sees it: a numpy argument, a gradient's data.
+    Numpy work on it raises ``JitError``; the engine gets ``.plain``, the array itself."""
+
+    what = "a numpy argument"
+    hint = ("Wrap the argument in a Tensor and use tensor ops (Tensor(mask).sum()), or compute "
+            "the value outside the step and pass it in as an argument")
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        _refuse_numpy_work(self, f"np.{ufunc.__name__}" + ("" if method == "__call__" else
+                                                            f".{method}"))
+        inputs = tuple(_plain(x) for x in inputs)
+        if "out" in kwargs:
+            kwargs["out"] = tuple(_plain(x) for x in kwargs["out"])
+        return getattr(ufunc, method)(*inputs, **kwargs)
+
+    def __array_function__(self, func, types, args, kwargs):
+        _refuse_numpy_work(self, f"np.{func.__name__}")
+        return super().__array_function__(func, types, args, kwargs)
+
+
+def _guarded_method(name):
+    method = getattr(np.ndarray, name)
+
+    def guarded(self, *args, **kwargs):
+        _refuse_numpy_work(self, f"{name}()" if not name.startswith("__") else name)
+        return method(self, *args, **kwargs)
+    guarded.__name__ = name
+    return guarded
+
+
+# Ways to read values that are not numpy functions (those go through the two hooks above).
+for _name in ("__getitem__", "__iter__", "__float__", "__int__", "__index__", "__bool__",
+              "__complex__", "item", "tolist", "tobytes", "copy", "astype", "dot", "argmax",
+              "argmin", "argsort", "sort", "nonzero", "cumsum", "cumprod", "searchsorted",
+              "choose", "compress", "take", "repeat", "put", "fill", "itemset", "setfield",
+              "partition", "argpartition", "trace", "diagonal"):
+    if hasattr(np.ndarray, _name):
+        setattr(GuardedArray, _name, _guarded_method(_name))
+
+
+def guarded_view(array, what=None, hint=None):
+    """``array`` as the step's own code sees it while jit captures (``GuardedArray``)."""
+    view = array.view(GuardedArray)
+    view.plain = array
+    if what is not None:
+        view.what, view.hint = what, hint
+    return view
+
+
+def _plain(x):
+    return x.plain if type(x) is GuardedArray else x
 
 
 class ShapeOnly:
@@ -106,6 +174,7 @@ class Tape:
         self._owners = {}  # id(array) -> the first tensor seen holding it
         self._aliases = {}  # id(tensor) -> the tensor it was detached from
         self._alive = list(arg_objects)  # everything whose id is in a map above
+        self.guard = None  # while jit captures: locks arrays between the tape's calls
 
     # ---- recording ----
 
@@ -120,6 +189,17 @@ class Tape:
             raise JitError("indexing with a boolean mask inside a jit step: the result's shape "
                            "depends on the mask's values, which a replay cannot follow")
         spec = tuple(self._spec(t.data, t) for t in inputs)
+        if self.guard is not None and any(t.requires_grad for t in inputs):
+            # backward reads the inputs' arrays (a numpy argument the step wrapped, x * mask,
+            # or a gradient): give them the plain array
+            prev = dispatch.set_hook(None)  # the engine's assignment, not the step's
+            try:
+                for t in inputs:
+                    if type(t.data) is GuardedArray:
+                        t.data = t.data.plain
+                        self.guard.released.add(id(t.data))
+            finally:
+                dispatch.set_hook(prev)
         return self._run(dispatch.kernel(op).forward, spec, [t.data for t in inputs], attrs)
 
     def vjp(self, op, i, g, out, inputs, attrs):
@@ -140,13 +220,36 @@ class Tape:
                            "supported; call loss.backward() in the step")
         self.backpropagated.update(vertices)
 
+    def _plain_of(self, a):
+        """``a`` as the engine gets it: GuardedArrays (also in a tuple or list) as the array."""
+        if type(a) in (tuple, list):
+            return type(a)(self._plain_of(x) for x in a)
+        return a.plain if type(a) is GuardedArray else a
+
     def _run(self, fn, spec, args, kwargs):
         kwspec = tuple((k, self._spec(v)) for k, v in kwargs.items()) if kwargs else ()
+        guard = self.guard
+        if guard is not None:
+            args = [self._plain_of(a) for a in args]
+            if kwargs:
+                kwargs = {k: self._plain_of(v) for k, v in kwargs.items()}
+            if guard.writes(fn, args):
+                guard.open()
+            else:
+                guard = None
         dispatch.set_hook(None)  # work inside fn is part of this instruction
         try:
             result = fn(*args, **kwargs) if kwargs else fn(*args)
+        except ValueError as e:
+            if self.guard is None or guard is not None or "read-only" not in str(e):
+                raise
+            raise RuntimeError(  # the engine's own mistake, not the step's
+                f"jit: {describe(fn)} writes into an array, but the capture guard runs it with "
+                f"the arrays locked: remove it from guard._PURE") from e
         finally:
             dispatch.set_hook(self)
+            if guard is not None:
+                guard.close()
         reg = None
         if isinstance(result, (np.ndarray, np.generic)):
             key = id(result)
@@ -171,6 +274,9 @@ class Tape:
     def _spec(self, v, tensor=None):
         """Where value ``v`` comes from (see the module docstring); ``tensor`` owns ``v``."""
         t = type(v)
+        if t is GuardedArray:
+            v = v.plain
+            t = type(v)
         if t is np.ndarray or isinstance(v, np.generic):
             key = id(v)
             if key in self._regs:
@@ -218,7 +324,7 @@ class Tape:
             return ("c", type(None), None)
         if isinstance(value, (tuple, list)):
             return ("t", tuple(self.output_spec(v) for v in value))
-        data = getattr(value, "data", None)
+        data = _plain(getattr(value, "data", None))
         if type(data) is not np.ndarray:
             raise JitError(f"a jit step must return tensors (or None, or a tuple of them), got "
                            f"{type(value).__name__}: a Python value would be frozen at capture; "

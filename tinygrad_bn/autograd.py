@@ -177,10 +177,12 @@ def record(op, inputs, attrs, out):
 
 def _check_saved(node):
     """Refuse to differentiate with an array ``node`` saved that was written in place since."""
-    written_since, epoch = dispatch.written_since, node.epoch
-    for i, r in enumerate(node.op.reads_inputs):
-        if r and written_since(node.args[i].data, epoch):
-            _refuse_written(node, f"input {i}", node.args[i].data)
+    written_since, epoch, args = dispatch.written_since, node.epoch, node.args
+    reads = node.op.reads_inputs
+    if reads[0] and written_since(args[0].data, epoch):
+        _refuse_written(node, "input 0", args[0].data)
+    if len(reads) > 1 and reads[1] and written_since(args[1].data, epoch):
+        _refuse_written(node, "input 1", args[1].data)
     if node.out is not None and written_since(node.out, epoch):
         _refuse_written(node, "its output", node.out)
 
@@ -321,6 +323,8 @@ def _backward(root, grad, retain_graph, create_graph, inputs, wrap):
             if len(args) == 2:
                 a, b = args
                 arrays = (a.data if reads[0] else a, b.data if reads[1] else b)
+            elif len(args) == 1:
+                arrays = (args[0].data,) if reads[0] else args
             else:
                 arrays = [a.data if r else a for a, r in zip(args, reads)]
         # Last input first: it is usually the broadcast one (γ, β, μ, a bias), whose full-size

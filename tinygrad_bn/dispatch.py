@@ -188,11 +188,6 @@ WRITES = 0
 _LAST_WRITE = {}
 
 
-def _owner(a):
-    base = a.base
-    return a if base is None else base
-
-
 def written_since(a, epoch):
     """Whether the memory of array ``a`` was written in place after write count ``epoch``."""
     base = a.base
@@ -204,7 +199,7 @@ def bump(a):
     """Count one in-place write to the memory of ``a``."""
     global WRITES
     WRITES += 1
-    owner = _owner(a)
+    owner = a if a.base is None else a.base
     entry = _LAST_WRITE.get(id(owner))
     if entry is None or entry[0]() is not owner:
         if len(_LAST_WRITE) >= _PRUNE_AT[0]:

@@ -16,6 +16,7 @@ TORCH = {
     "relu": lambda x: x.relu(), "sigmoid": lambda x: x.sigmoid(), "tanh": lambda x: x.tanh(),
     "neg": lambda x: -x, "reshape": lambda x: x.reshape(4, 3),
     "transpose": lambda x: x.permute(2, 0, 1), "expand": lambda x: x.expand(3, 4),
+    "cast": lambda x: x.to(x.dtype),
 }
 TORCH_BY_LABEL = {
     "sum(x)": lambda x: x.sum(), "sum(x, axis=0)": lambda x: x.sum(dim=0),

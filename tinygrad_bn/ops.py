@@ -492,6 +492,18 @@ TANH = Op("tanh", np.tanh,
           reads=("out",))
 
 
+# z = x converted from ``from_dtype`` (x's) to ``dtype``: x.to(dtype), and type promotion's
+# float32 <-> float64; the gradient goes back converted to x's dtype.
+CAST = Op("cast", lambda x, dtype, from_dtype: x.astype(dtype),
+          lambda g, out, x, dtype, from_dtype: cast(g, from_dtype),
+          reads=())
+
+
+def cast(a, dtype):
+    """``a`` (array or Tensor) converted to ``dtype``."""
+    return a.astype(dtype) if isinstance(a, (np.ndarray, np.generic)) else a.to(dtype)
+
+
 # ---- linear algebra: z = x @ y over the last two axes, leading axes broadcast ----
 
 def _matmul_vjp_y(g, out, x, y):
@@ -579,4 +591,4 @@ GETITEM = Op("getitem", lambda x, index: x[index],
 
 # The table the tests, gradcheck and the renderer iterate over.
 PRIMITIVES = (ADD, SUB, MUL, DIV, POW, NEG, POW_SCALAR, SQRT, EXP, LOG, RELU, SIGMOID, TANH,
-              MATMUL, SUM, MEAN, MAX, RESHAPE, TRANSPOSE, EXPAND, GETITEM)
+              CAST, MATMUL, SUM, MEAN, MAX, RESHAPE, TRANSPOSE, EXPAND, GETITEM)

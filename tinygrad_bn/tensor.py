@@ -18,21 +18,25 @@ allocator.keep_freed_memory()
 
 
 def _to_array(data, dtype):
-    """``data`` as a new float ndarray; lists and ints become float32 (PyTorch's default)."""
+    """``data`` as a new ndarray, with PyTorch's dtypes: arrays keep theirs (bool, integer or
+    float); Python bools become bool, ints int64, floats (and mixed lists) float32."""
     if isinstance(data, Tensor):
         data = data.data
     if isinstance(data, (np.ndarray, np.generic)):
-        if dtype is None:
-            dtype = data.dtype if data.dtype.kind == "f" else np.float32
         if data.dtype.kind not in "fiub":
             raise TypeError(f"Tensor needs numbers, got an array of dtype {data.dtype}")
         return np.array(data, dtype=dtype)
     if isinstance(data, (bool, numbers.Real, list, tuple)):
         try:
-            arr = np.array(data, dtype=np.float32 if dtype is None else dtype)
-        except (ValueError, TypeError) as e:
+            arr = np.array(data, dtype=dtype)
+        except (ValueError, TypeError, OverflowError) as e:
             raise TypeError(f"Tensor needs numbers or nested lists of numbers of equal length, "
                             f"got {_describe(data)}: {e}") from None
+        if dtype is None and arr.dtype.kind not in "bi":  # float64 from Python floats
+            if arr.dtype.kind != "f":
+                raise TypeError(f"Tensor needs numbers, got {_describe(data)} (numpy reads it "
+                                f"as {arr.dtype})")
+            arr = arr.astype(DEFAULT_FLOAT)
         return arr
     raise TypeError(f"Tensor needs a numpy array, a number or a (nested) list of numbers, "
                     f"got {_describe(data)}")
@@ -45,10 +49,73 @@ def _describe(x):
 
 def _check_dtype(dtype):
     dtype = np.dtype(dtype)
-    if dtype.kind != "f":
-        raise TypeError(f"Tensor holds floating-point data; dtype {dtype} is not supported "
-                        f"(use np.float32 or np.float64)")
+    if dtype.kind not in "fiub":
+        raise TypeError(f"Tensor holds bool, integer or floating-point data; dtype {dtype} is "
+                        f"not supported (use e.g. np.float32, np.float64, np.int64 or bool)")
     return dtype
+
+
+def _check_grad_dtype(data, requires_grad):
+    """PyTorch's rule: only floating-point tensors take part in differentiation."""
+    if requires_grad and data.dtype.kind != "f":
+        raise RuntimeError(f"Only Tensors of floating point dtype can require gradients, got "
+                           f"dtype {data.dtype}; convert first, e.g. Tensor(x, dtype=np.float32) "
+                           f"or t.float()")
+
+
+# ---- type promotion: PyTorch's rule, the one place it is written ----
+
+# Categories, lowest first. Each operand of an op also has a rank: a tensor or array with
+# dimensions says most about the result, then a 0-d tensor or array, then a Python (or numpy)
+# number. A lower-ranked operand decides the dtype only if its category is higher.
+_CATEGORY = {"b": 0, "u": 1, "i": 1, "f": 2}
+_NUMBER, _ZERO_DIM, _DIMENSIONED = 0, 1, 2
+DEFAULT_FLOAT = np.dtype(np.float32)  # what a Python float becomes (torch's default dtype)
+_BOOL, _INT64 = np.dtype(bool), np.dtype(np.int64)
+
+
+def result_dtype(*operands):
+    """The dtype of an elementwise op on ``operands`` (Tensors, arrays, numbers): torch.result_type.
+
+    Same rank: the usual promotion (int32+int64 -> int64, float32+float64 -> float64, any int
+    with a float -> that float). Across ranks, bool < int < float: float32 tensor * 2.5 ->
+    float32, float32 tensor * np.array(2.0) -> float32, int32 tensor * 2.5 -> float32 (a Python
+    float is float32), bool tensor + 1 -> int64, int32 tensor + 0-d float64 -> float64.
+    """
+    by_rank = [None, None, None]
+    for x in operands:
+        rank, dtype = _rank_and_dtype(x)
+        prev = by_rank[rank]
+        by_rank[rank] = dtype if prev is None else _promote_types(prev, dtype)
+    result = None
+    for dtype in by_rank:  # numbers first: a higher rank wins unless its category is lower
+        if dtype is not None and (result is None or
+                                  _CATEGORY[dtype.kind] >= _CATEGORY[result.kind]):
+            result = dtype
+    return result
+
+
+def _promote_types(a, b):
+    ca, cb = _CATEGORY[a.kind], _CATEGORY[b.kind]
+    if ca != cb:
+        return a if ca > cb else b  # int64 + float16 -> float16, as torch (numpy: float64)
+    return np.promote_types(a, b)
+
+
+def _rank_and_dtype(x):
+    if isinstance(x, (Tensor, np.ndarray)):
+        dtype = x.dtype
+        if dtype.kind not in _CATEGORY:
+            raise TypeError(f"cannot combine a Tensor with an array of dtype {dtype}")
+        return (_DIMENSIONED if x.ndim else _ZERO_DIM), dtype
+    # numpy scalars (x.data[0], np.float64(2)) count as numbers, as in torch
+    if isinstance(x, (bool, np.bool_)):
+        return _NUMBER, _BOOL
+    if isinstance(x, numbers.Integral):
+        return _NUMBER, _INT64
+    if isinstance(x, numbers.Real):
+        return _NUMBER, DEFAULT_FLOAT
+    raise TypeError(f"cannot combine a Tensor with {_describe(x)}")
 
 
 class Tensor:
@@ -61,6 +128,7 @@ class Tensor:
 
     def __init__(self, data, requires_grad=False, dtype=None, name=None):
         self.data = run(_to_array, data, None if dtype is None else _check_dtype(dtype))
+        _check_grad_dtype(self.data, requires_grad)
         self.grad = None
         self.requires_grad = bool(requires_grad)
         self._ctx = None
@@ -121,6 +189,7 @@ class Tensor:
         if self._ctx is not None and not requires_grad:
             raise RuntimeError("requires_grad_(False) on a tensor computed in a graph; use "
                                ".detach() to get a tensor without history")
+        _check_grad_dtype(self.data, requires_grad)
         self.requires_grad = bool(requires_grad)
         return self
 
@@ -181,81 +250,136 @@ class Tensor:
                                  f"but the tensor has shape {self.shape}")
         autograd.backward(self, grad, retain_graph, create_graph)
 
-    # ---- elementwise arithmetic (numpy broadcasting) ----
+    # ---- elementwise arithmetic (numpy broadcasting, PyTorch's type promotion) ----
     def __add__(self, other):
-        return _apply(ops.ADD, self, _const(other, self))
+        a, b = _operands(self, other, "add")
+        return _apply(ops.ADD, a, b)
 
     def __radd__(self, other):
-        return _apply(ops.ADD, _const(other, self), self)
+        b, a = _operands(self, other, "add")
+        return _apply(ops.ADD, a, b)
 
     def __sub__(self, other):
-        return _apply(ops.SUB, self, _const(other, self))
+        a, b = _operands(self, other, "sub")
+        return _apply(ops.SUB, a, b)
 
     def __rsub__(self, other):
-        return _apply(ops.SUB, _const(other, self), self)
+        b, a = _operands(self, other, "sub")
+        return _apply(ops.SUB, a, b)
 
     def __mul__(self, other):
-        return _apply(ops.MUL, self, _const(other, self))
+        a, b = _operands(self, other, "mul")
+        return _apply(ops.MUL, a, b)
 
     def __rmul__(self, other):
-        return _apply(ops.MUL, _const(other, self), self)
+        b, a = _operands(self, other, "mul")
+        return _apply(ops.MUL, a, b)
 
     def __truediv__(self, other):
-        return _apply(ops.DIV, self, _const(other, self))
+        a, b = _operands(self, other, "div")
+        return _apply(ops.DIV, a, b)
 
     def __rtruediv__(self, other):
-        return _apply(ops.DIV, _const(other, self), self)
+        b, a = _operands(self, other, "div")
+        return _apply(ops.DIV, a, b)
 
     def __neg__(self):
+        if self.data.dtype.kind == "b":
+            raise TypeError("negation (-x) of a bool tensor is not supported (as in PyTorch); "
+                            "to invert a mask use ~mask")
         return _apply(ops.NEG, self)
 
+    def __invert__(self):
+        """~mask: logical not of a bool tensor (bitwise not of an integer one); no gradient."""
+        if self.data.dtype.kind not in "biu":
+            raise TypeError(f"~x needs a bool or integer tensor, got dtype {self.dtype}")
+        return Tensor._wrap(run(np.invert, self.data))
+
     def __pow__(self, exponent):
-        if isinstance(exponent, numbers.Real) and not isinstance(exponent, bool):
-            return _apply(ops.POW_SCALAR, self, exponent=exponent)
-        return _apply(ops.POW, self, _const(exponent, self))
+        if type(exponent) is float or type(exponent) is int or (
+                isinstance(exponent, numbers.Real) and not isinstance(exponent, (bool, np.bool_))):
+            if self.data.dtype.kind == "f":  # x ** 2: the exponent is an attribute of the node
+                if type(exponent) is not int and type(exponent) is not float:
+                    exponent = _python_number(exponent)  # np.float64(2): not a float64 result
+                return _apply(ops.POW_SCALAR, self, exponent=exponent)
+        a, b = _operands(self, exponent, "pow")
+        return _apply(ops.POW, a, b)
 
     def __rpow__(self, base):
-        return _apply(ops.POW, _const(base, self), self)
+        b, a = _operands(self, base, "pow")
+        return _apply(ops.POW, a, b)
 
     def __matmul__(self, other):
-        return _matmul(self, _const(other, self))
+        a, b = _operands(self, other, "matmul")
+        return _matmul(a, b)
 
     def __rmatmul__(self, other):
-        return _matmul(_const(other, self), self)
+        b, a = _operands(self, other, "matmul")
+        return _matmul(a, b)
 
-    # Comparisons give constant (bool) tensors: masks carry no gradient. == stays identity so
-    # tensors remain hashable (the graph walk keeps them in sets).
-    # Comparisons give boolean masks without a gradient (on a jit tape like any array work).
+    # Comparisons give boolean masks without a gradient (on a jit tape like any array work),
+    # computed in the promoted dtype as torch does. == stays identity so tensors remain
+    # hashable (the graph walk keeps them in sets): eq() and ne() compare elementwise.
     def __gt__(self, other):
-        return Tensor._wrap(run(operator.gt, self.data, _data(other)))
+        return _compare(operator.gt, self, other)
 
     def __ge__(self, other):
-        return Tensor._wrap(run(operator.ge, self.data, _data(other)))
+        return _compare(operator.ge, self, other)
 
     def __lt__(self, other):
-        return Tensor._wrap(run(operator.lt, self.data, _data(other)))
+        return _compare(operator.lt, self, other)
 
     def __le__(self, other):
-        return Tensor._wrap(run(operator.le, self.data, _data(other)))
+        return _compare(operator.le, self, other)
+
+    def eq(self, other):
+        return _compare(operator.eq, self, other)
+
+    def ne(self, other):
+        return _compare(operator.ne, self, other)
+
+    # ---- dtype conversion ----
+    def to(self, dtype):
+        """A new tensor of ``dtype``; to a float dtype it is recorded (the gradient flows back
+        converted to this tensor's dtype), to bool or an integer dtype it has no gradient."""
+        dtype = _check_dtype(dtype)
+        if dtype.kind == "f":
+            return _apply(ops.CAST, self, dtype=dtype, from_dtype=self.data.dtype)
+        return Tensor._wrap(run(_astype, self.data, dtype))
+
+    def float(self):
+        return self.to(np.float32)
+
+    def double(self):
+        return self.to(np.float64)
+
+    def long(self):
+        return self.to(np.int64)
+
+    def int(self):
+        return self.to(np.int32)
+
+    def bool(self):
+        return self.to(np.bool_)
 
     # ---- elementwise functions ----
     def sqrt(self):
-        return _apply(ops.SQRT, self)
+        return _apply(ops.SQRT, self if self.data.dtype.kind == "f" else _to_float(self))
 
     def exp(self):
-        return _apply(ops.EXP, self)
+        return _apply(ops.EXP, self if self.data.dtype.kind == "f" else _to_float(self))
 
     def log(self):
-        return _apply(ops.LOG, self)
+        return _apply(ops.LOG, self if self.data.dtype.kind == "f" else _to_float(self))
 
     def relu(self):
         return _apply(ops.RELU, self)
 
     def sigmoid(self):
-        return _apply(ops.SIGMOID, self)
+        return _apply(ops.SIGMOID, self if self.data.dtype.kind == "f" else _to_float(self))
 
     def tanh(self):
-        return _apply(ops.TANH, self)
+        return _apply(ops.TANH, self if self.data.dtype.kind == "f" else _to_float(self))
 
     # ---- reductions ----
     def sum(self, axis=None, keepdims=False):
@@ -263,6 +387,7 @@ class Tensor:
                       keepdims=keepdims)
 
     def mean(self, axis=None, keepdims=False):
+        _need_float(self, "mean")
         return _apply(ops.MEAN, self, axis=self._nonempty_axes(axis, "mean"), keepdims=keepdims)
 
     def max(self, axis=None, keepdims=False):
@@ -290,11 +415,13 @@ class Tensor:
     # ---- softmax family (composite; numerically stable) ----
     def softmax(self, axis=-1):
         """exp(x - max) / sum(exp(x - max)); the shift is a constant, it cancels in the ratio."""
+        _need_float(self, "softmax")
         e = (self - self._max_constant(axis)).exp()
         return e / e.sum(axis=axis, keepdims=True)
 
     def log_softmax(self, axis=-1):
         """(x - max) - log(sum(exp(x - max)))."""
+        _need_float(self, "log_softmax")
         shifted = self - self._max_constant(axis)
         shifted.name = "x − max"  # a label for the graph renderer
         return shifted - shifted.exp().sum(axis=axis, keepdims=True).log()
@@ -377,21 +504,71 @@ def _apply(op, *inputs, **attrs):
     return t
 
 
-def _const(x, like):
-    """A non-Tensor operand as a constant Tensor; Python numbers take ``like``'s dtype."""
+def _operands(t, other, op):
+    """(t, other) as Tensors of the dtype ``op`` computes in: PyTorch's promotion
+    (``result_dtype``), and float32 for a division of integers. Converting a tensor that
+    needs a gradient is recorded, so the gradient flows back in its own dtype."""
+    dtype = t.data.dtype
+    if dtype.kind == "f":  # the common cases first: x * 0.5, x + y of one dtype
+        if type(other) is float or type(other) is int:
+            return t, _scalar(other, dtype)
+        if isinstance(other, Tensor) and other.data.dtype == dtype:
+            return t, other
+    if isinstance(other, (list, tuple)):
+        other = Tensor(other)
+    compute = result_dtype(t, other)
+    if op == "sub" and (dtype.kind == "b" or _rank_and_dtype(other)[1].kind == "b"):
+        raise TypeError("subtraction (-) with a bool operand is not supported (as in PyTorch); "
+                        "to invert a mask use ~mask, or convert it first with .long() / .float()")
+    if compute.kind == "b" and op == "pow":
+        raise TypeError("bool ** bool is not supported (as in PyTorch); convert with .long()")
+    if compute.kind != "f" and op == "div":
+        compute = DEFAULT_FLOAT  # true division of integers gives floats, as in torch
+    return _cast(t, compute), _const(other, compute)
+
+
+def _cast(t, dtype):
+    if t.data.dtype == dtype:
+        return t
+    return _apply(ops.CAST, t, dtype=dtype, from_dtype=t.data.dtype)
+
+
+def _const(x, dtype):
+    """Operand ``x`` (Tensor, array or number) as a Tensor of ``dtype``."""
     if isinstance(x, Tensor):
-        return x
-    if type(x) is float or type(x) is int:  # the common case, before the slower ABC checks
-        return _scalar(x, like.data.dtype)
+        return _cast(x, dtype)
     if isinstance(x, np.ndarray):
-        if x.dtype.kind not in "fiub":
-            raise TypeError(f"cannot combine a Tensor with an array of dtype {x.dtype}")
-        return Tensor._wrap(x)
-    if isinstance(x, numbers.Real):  # numpy scalars, Fractions, ...: shared like Python numbers
-        return _scalar(x.item() if isinstance(x, np.generic) else float(x), like.data.dtype)
-    if isinstance(x, (list, tuple)):
-        return Tensor(x, dtype=like.data.dtype)
-    raise TypeError(f"cannot combine a Tensor with {_describe(x)}")
+        return Tensor._wrap(x if x.dtype == dtype else run(_astype, x, dtype))
+    return _scalar(_python_number(x), dtype)
+
+
+def _python_number(x):
+    # numpy scalars as Python numbers: numpy would let np.float64(2) widen a float32 result
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, (bool, int, float)):
+        return x
+    return int(x) if isinstance(x, numbers.Integral) else float(x)  # Fraction, Decimal-like
+
+
+def _astype(a, dtype):
+    return a.astype(dtype)
+
+
+def _to_float(t):
+    """An integer or bool tensor as float32 (sqrt, exp, ... of integers give floats in torch)."""
+    return _apply(ops.CAST, t, dtype=DEFAULT_FLOAT, from_dtype=t.data.dtype)
+
+
+def _need_float(t, name):
+    if t.data.dtype.kind != "f":
+        raise TypeError(f"{name} of a tensor of dtype {t.dtype} is not defined (PyTorch refuses "
+                        f"it too); convert first: x.float().{name}(...)")
+
+
+def _compare(fn, t, other):
+    a, b = _operands(t, other, "compare")
+    return Tensor._wrap(run(fn, a.data, b.data))
 
 
 # Scalar constants are shared between graphs: they never change and never get a gradient, and
@@ -404,15 +581,17 @@ def _scalar(x, dtype):
     key = (x, dtype) if x != 0 else (x, dtype, math.copysign(1.0, x))
     t = _SCALARS.get(key)
     if t is None:
-        t = Tensor._wrap(np.array(x, dtype=dtype))
+        try:
+            value = np.array(x, dtype=dtype)
+        except OverflowError:
+            raise OverflowError(f"{x} does not fit in the tensor's dtype {dtype} (PyTorch would "
+                                f"wrap it around silently); convert the tensor first, e.g. "
+                                f"t.long() or t.double()") from None
+        t = Tensor._wrap(value)
         if len(_SCALARS) > 1024:
             _SCALARS.clear()
         _SCALARS[key] = t
     return t
-
-
-def _data(x):
-    return x.data if isinstance(x, Tensor) else x
 
 
 def _matmul(a, b):
@@ -468,12 +647,7 @@ def _index_arg(index):
     if isinstance(index, np.ndarray) and index.dtype.kind == "b" and Tape.current() is not None:
         raise JitError("indexing with a boolean mask inside a jit step: the result's shape "
                        "depends on the mask's values, which a replay cannot follow")
-    if isinstance(index, np.ndarray) and index.dtype.kind == "f":
-        index = run(_integer_index, index)
+    if isinstance(index, np.ndarray) and index.dtype.kind not in "biu":
+        raise IndexError(f"tensors used as indices must be integer or bool, got dtype "
+                         f"{index.dtype} (as in PyTorch); convert with .long()")
     return index
-
-
-def _integer_index(index):
-    if not np.all(index == np.round(index)):
-        raise IndexError("tensor index has non-integer values")
-    return index.astype(np.intp)

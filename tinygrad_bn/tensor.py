@@ -568,7 +568,10 @@ def _need_float(t, name):
 
 def _compare(fn, t, other):
     a, b = _operands(t, other, "compare")
-    return Tensor._wrap(run(fn, a.data, b.data))
+    # A number stays a number (numpy compares it in a's dtype, which is the promoted one): a
+    # jit tape keeps it as a constant, not as an array made outside the step.
+    b = b.data if isinstance(other, (Tensor, np.ndarray)) else _python_number(other)
+    return Tensor._wrap(run(fn, a.data, b))
 
 
 # Scalar constants are shared between graphs: they never change and never get a gradient, and

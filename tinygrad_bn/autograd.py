@@ -413,7 +413,7 @@ def _add_grad(t, g, dtype, take, wrap):
     """``t.grad`` (+)= g, deciding at call time whether t already has a gradient, so a jit
     replay follows zero_grad() and accumulation done outside the step; returns the array."""
     if t.grad is not None:
-        arr = t.grad.data + g
+        arr = np.asarray(t.grad.data + g)  # numpy gives a scalar for two 0-d arrays
     else:
         arr = g if take else np.array(g, dtype=dtype)
     if arr.dtype != dtype:

@@ -428,6 +428,7 @@ class Tensor:
 
     def _max_constant(self, axis):
         # The shift that keeps exp() finite; a constant, not a recorded max (it cancels).
+        axis = ops.normalize_axis(axis, self.data.ndim)  # () for a 0-d tensor: itself
         return run(np.ndarray.max, self.data, axis=axis, keepdims=True)
 
     # ---- shape ----

@@ -92,16 +92,16 @@ def cross_entropy(logits, targets, reduction="mean"):
         raise ValueError(f"cross_entropy expects logits of shape (N, C), got {logits.shape}")
     n, c = logits.shape
     t = targets.data if isinstance(targets, Tensor) else targets
-    # A one-hot mask picks log p[target]: multiplying by a constant keeps the backward a product.
-    onehot = run(_one_hot_targets, t, n, c, logits.dtype)
+    where = run(_target_positions, t, n, c)
     log_p = _named(logits.log_softmax(axis=1), "log softmax")
-    picked = _named((log_p * _named(Tensor._wrap(onehot), "one-hot(target)")).sum(axis=1),
-                    "log p[target]")
+    # log p[target] is picked by indexing, not by a product with a one-hot mask: a class masked
+    # with a -inf logit has log p = -inf, and -inf * 0 would make the loss NaN (torch: finite).
+    picked = _named(log_p.reshape(n * c)[where], "log p[target]")
     return _reduce(_named(-picked, "−log p[target]"), reduction, "cross_entropy")
 
 
-def _one_hot_targets(targets, n, c, dtype):
-    """The (n, c) one-hot mask of class indices ``targets``, after checking them."""
+def _target_positions(targets, n, c):
+    """Where each row's target sits in the flattened (n * c) logits, after checking them."""
     t = np.asarray(targets)
     if t.shape != (n,):
         raise ValueError(f"cross_entropy: targets must have shape ({n},) to match logits "
@@ -109,41 +109,14 @@ def _one_hot_targets(targets, n, c, dtype):
     if t.dtype.kind == "f":
         if not np.all(t == np.round(t)):
             raise ValueError("cross_entropy: targets must be integer class indices")
-        t = t.astype(np.intp)
     elif t.dtype.kind not in "iu":
         raise TypeError(f"cross_entropy: targets must be integer class indices, got {t.dtype}")
-    # numpy's indexing refuses a target >= c itself but wraps a negative one around (and reads
-    # an unsigned one beyond 2**63 as negative): one reduction finds those first.
-    if not (t.size and (np.maximum.reduce(t) >= c if t.dtype.kind == "u"
-                        else np.minimum.reduce(t) < 0)):
-        try:
-            if c <= _EYE_MAX_CLASSES:  # rows of a cached identity: one take
-                return _eye(c, dtype).take(t, axis=0)
-            onehot = np.zeros((n, c), dtype=dtype)
-            onehot[np.arange(n), t] = 1
-            return onehot
-        except IndexError:
-            pass
-    i = int(np.argmax((t < 0) | (t >= c)))
-    raise ValueError(f"cross_entropy: target {int(t[i])} at index {i} is out of range "
-                     f"for {c} classes (valid: 0..{c - 1})")
-
-
-# An identity of 256 classes is 512 KB in float64, and at most 8 are kept; more classes: no
-# cache (zeros and a scatter instead).
-_EYE_MAX_CLASSES = 256
-_EYES = {}
-
-
-def _eye(c, dtype):
-    eye = _EYES.get((c, dtype))
-    if eye is None:
-        eye = np.eye(c, dtype=dtype)
-        eye.flags.writeable = False
-        if len(_EYES) >= 8:
-            _EYES.clear()
-        _EYES[(c, dtype)] = eye
-    return eye
+    bad = (t < 0) | (t >= c)
+    if t.size and bad.any():
+        i = int(np.argmax(bad))
+        raise ValueError(f"cross_entropy: target {int(t[i])} at index {i} is out of range "
+                         f"for {c} classes (valid: 0..{c - 1})")
+    return np.arange(n) * c + t.astype(np.intp)
 
 
 def mse_loss(input, target, reduction="mean"):

@@ -58,7 +58,8 @@ def test_binary_ops_promote_as_torch(dtype, op):
     for label, ours, theirs in _operands():
         for reflected in (False, True):
             args = (Tensor(x), ours) if not reflected else (ours, Tensor(x))
-            targs = (torch.from_numpy(x), theirs) if not reflected else (theirs, torch.from_numpy(x))
+            tx = torch.from_numpy(x)
+            targs = (tx, theirs) if not reflected else (theirs, tx)
             if reflected and isinstance(ours, Tensor):
                 continue  # Tensor op Tensor: the other order is another dtype's case
             case = f"{'other' if reflected else 'x'} {op} {'x' if reflected else 'other'}, " \
@@ -105,7 +106,8 @@ def test_gradients_flow_through_promotion(dtype, op):
 def test_result_dtype_is_torch_result_type():
     cases = [(np.ones(3, np.float32), 2.5), (np.ones(3, np.int32), 2.5), (np.ones(3, bool), 1),
              (np.ones(3, bool), 0.5), (np.ones(3, np.int32), np.array(2.0)),
-             (np.ones(3, np.float32), np.array(2.0)), (np.ones(3, np.float32), np.ones(3, np.int64)),
+             (np.ones(3, np.float32), np.array(2.0)),
+             (np.ones(3, np.float32), np.ones(3, np.int64)),
              (np.ones(3, np.int64), np.ones(3, np.float16)), (np.array(1, np.int8), 300)]
     for a, b in cases:
         tb = b if isinstance(b, numbers.Number) else torch.from_numpy(b)

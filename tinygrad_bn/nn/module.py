@@ -36,8 +36,14 @@ class Module:
         if "_parameters" not in self.__dict__:
             raise AttributeError(f"{type(self).__name__}.__init__ must call super().__init__() "
                                  f"before assigning {name!r}")
+        # Replacing an entry keeps its place (state_dict's order, as in PyTorch): only the
+        # other tables forget the name.
+        kind = self._parameters if isinstance(value, Parameter) else \
+            self._modules if isinstance(value, Module) else \
+            self._buffers if name in self.__dict__.get("_buffer_names", ()) else None
         for table in (self._parameters, self._buffers, self._modules):
-            table.pop(name, None)
+            if table is not kind:
+                table.pop(name, None)
         if isinstance(value, Parameter):
             self._parameters[name] = value
             _MODEL_TENSORS[id(value)] = value

@@ -373,6 +373,9 @@ class Tensor:
         return _apply(ops.LOG, self if self.data.dtype.kind == "f" else _to_float(self))
 
     def relu(self):
+        if self.data.dtype.kind == "b":
+            raise TypeError("relu of a bool tensor is not supported (as in PyTorch); convert "
+                            "first, e.g. x.float().relu()")
         return _apply(ops.RELU, self)
 
     def sigmoid(self):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from conftest import torch_or_skip
 
-from tinygrad_bn import Tensor, nn, optim
+from tinygrad_bn import JitError, Tensor, jit, nn, optim
 from tinygrad_bn.nn import functional as F
 
 torch = torch_or_skip()
@@ -180,6 +180,13 @@ def test_batchnorm_momentum_none_is_a_cumulative_average():
     np.testing.assert_allclose(bn(Tensor(x)).data, tbn(torch.tensor(x)).detach().numpy(),
                                rtol=1e-12)
     assert "momentum=None" in repr(bn)
+    bn.train()
+
+    @jit
+    def step(x):
+        return bn(x)
+    with pytest.raises(JitError, match="momentum=None.*fixed momentum"):
+        step(Tensor(x))
 
 
 def test_load_state_dict_without_num_batches_tracked_as_torch():

@@ -571,6 +571,8 @@ def _need_float(t, name):
 
 
 def _compare(fn, t, other):
+    if (type(other) is float or type(other) is int) and t.data.dtype.kind == "f":
+        return Tensor._wrap(run(fn, t.data, other))  # x > 0: numpy compares in x's dtype
     a, b = _operands(t, other, "compare")
     # A number stays a number (numpy compares it in a's dtype, which is the promoted one): a
     # jit tape keeps it as a constant, not as an array made outside the step.

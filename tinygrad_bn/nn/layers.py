@@ -4,7 +4,7 @@ import warnings
 
 import numpy as np
 
-from ..tape import run
+from ..tape import JitError, Tape, run
 from ..tensor import Tensor
 from . import functional as F
 from .module import Module, Parameter
@@ -88,8 +88,11 @@ class BatchNorm1d(Module):
         if self.training and self.track_running_stats:
             run(_count_batch, self.num_batches_tracked)  # on a jit tape: replays count too
             if momentum is None:  # a cumulative average: the n-th batch weighs 1/n
-                # (a value that changes at every step: a jit capture sees two different
-                # steps and refuses, naming this argument)
+                if Tape.current() is not None:
+                    raise JitError("BatchNorm1d(momentum=None) inside a jit step: its running "
+                                   "averages weigh the n-th batch 1/n, a number that changes "
+                                   "at every step, which a replay cannot follow; give a fixed "
+                                   "momentum (e.g. 0.1) or run this step without jit")
                 momentum = 1.0 / float(self.num_batches_tracked.data)
         return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
                             training=use_batch_stats, momentum=momentum or 0.0, eps=self.eps)

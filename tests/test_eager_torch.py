@@ -204,3 +204,18 @@ def test_load_state_dict_without_num_batches_tracked_as_torch():
         nn.BatchNorm1d(3).load_state_dict({k: v for k, v in state.items() if k != "running_mean"})
     with pytest.raises(KeyError, match="unexpected keys.*extra"):
         nn.BatchNorm1d(3).load_state_dict(dict(state, extra=np.zeros(1)))
+
+
+def test_cross_entropy_second_order_with_a_minus_inf_logit():
+    a = np.array([[1.0, -np.inf, 0.5, 2.0], [0.2, 0.3, -np.inf, 1.0]])
+    targets = np.array([0, 3])
+    x, tx = Tensor(a, requires_grad=True), torch.tensor(a, requires_grad=True)
+    F.cross_entropy(x, targets).backward(create_graph=True)
+    g = x.grad
+    x.grad = None
+    (g * g).sum().backward()
+    tg, = torch.autograd.grad(torch.nn.functional.cross_entropy(tx, torch.tensor(targets)), tx,
+                              create_graph=True)
+    (tg * tg).sum().backward()
+    np.testing.assert_allclose(g.data, tg.detach().numpy(), rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(x.grad.data, tx.grad.numpy(), rtol=1e-10, atol=1e-15)

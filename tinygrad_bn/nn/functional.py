@@ -92,16 +92,25 @@ def cross_entropy(logits, targets, reduction="mean"):
         raise ValueError(f"cross_entropy expects logits of shape (N, C), got {logits.shape}")
     n, c = logits.shape
     t = targets.data if isinstance(targets, Tensor) else targets
-    where = run(_target_positions, t, n, c)
+    # 0 at each row's target, -inf elsewhere: max(log p + it) over a row is log p[target].
+    # A selection, not a product with a one-hot mask: a class masked with a -inf logit has
+    # log p = -inf, and -inf * 0 would make the loss NaN (PyTorch's stays finite).
+    others_out = run(_minus_inf_but_targets, t, n, c, logits.dtype)
     log_p = _named(logits.log_softmax(axis=1), "log softmax")
-    # log p[target] is picked by indexing, not by a product with a one-hot mask: a class masked
-    # with a -inf logit has log p = -inf, and -inf * 0 would make the loss NaN (torch: finite).
-    picked = _named(log_p.reshape(n * c)[where], "log p[target]")
+    picked = _named((log_p + _named(Tensor._wrap(others_out), "0 at target, −∞ elsewhere"))
+                    .max(axis=1), "log p[target]")
     return _reduce(_named(-picked, "−log p[target]"), reduction, "cross_entropy")
 
 
-def _target_positions(targets, n, c):
-    """Where each row's target sits in the flattened (n * c) logits, after checking them."""
+def _minus_inf_but_targets(targets, n, c, dtype):
+    """The (n, c) array that is 0 at each row's target class and -inf elsewhere."""
+    out = np.full((n, c), -np.inf, dtype=dtype)
+    out[np.arange(n), _checked_targets(targets, n, c)] = 0
+    return out
+
+
+def _checked_targets(targets, n, c):
+    """``targets`` as integer class indices, or an error naming the bad one."""
     t = np.asarray(targets)
     if t.shape != (n,):
         raise ValueError(f"cross_entropy: targets must have shape ({n},) to match logits "
@@ -116,7 +125,7 @@ def _target_positions(targets, n, c):
         i = int(np.argmax(bad))
         raise ValueError(f"cross_entropy: target {int(t[i])} at index {i} is out of range "
                          f"for {c} classes (valid: 0..{c - 1})")
-    return np.arange(n) * c + t.astype(np.intp)
+    return t.astype(np.intp)
 
 
 def mse_loss(input, target, reduction="mean"):

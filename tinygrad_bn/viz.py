@@ -431,8 +431,9 @@ def _summary(a):
         return _number(a)
     if a.size == 0:
         return "empty"
-    return (f"mean {a.mean():.3g}  std {a.std():.3g}  "
-            f"min {a.min():.3g}  max {a.max():.3g}")
+    with np.errstate(invalid="ignore", over="ignore"):  # -inf entries (masked classes)
+        return (f"mean {a.mean():.3g}  std {a.std():.3g}  "
+                f"min {a.min():.3g}  max {a.max():.3g}")
 
 
 def _data_lines(a):

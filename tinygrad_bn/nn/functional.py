@@ -103,14 +103,8 @@ def cross_entropy(logits, targets, reduction="mean"):
 
 
 def _minus_inf_but_targets(targets, n, c, dtype):
-    """The (n, c) array that is 0 at each row's target class and -inf elsewhere."""
-    out = np.full((n, c), -np.inf, dtype=dtype)
-    out[np.arange(n), _checked_targets(targets, n, c)] = 0
-    return out
-
-
-def _checked_targets(targets, n, c):
-    """``targets`` as integer class indices, or an error naming the bad one."""
+    """The (n, c) array that is 0 at each row's target class and -inf elsewhere, after checking
+    the targets."""
     t = np.asarray(targets)
     if t.shape != (n,):
         raise ValueError(f"cross_entropy: targets must have shape ({n},) to match logits "
@@ -118,14 +112,43 @@ def _checked_targets(targets, n, c):
     if t.dtype.kind == "f":
         if not np.all(t == np.round(t)):
             raise ValueError("cross_entropy: targets must be integer class indices")
+        t = t.astype(np.intp)
     elif t.dtype.kind not in "iu":
         raise TypeError(f"cross_entropy: targets must be integer class indices, got {t.dtype}")
-    bad = (t < 0) | (t >= c)
-    if t.size and bad.any():
-        i = int(np.argmax(bad))
-        raise ValueError(f"cross_entropy: target {int(t[i])} at index {i} is out of range "
-                         f"for {c} classes (valid: 0..{c - 1})")
-    return t.astype(np.intp)
+    # numpy's indexing refuses a target >= c itself but wraps a negative one around (and reads
+    # an unsigned one beyond 2**63 as negative): one reduction finds those first.
+    if not (t.size and (np.maximum.reduce(t) >= c if t.dtype.kind == "u"
+                        else np.minimum.reduce(t) < 0)):
+        try:
+            if c <= _SELECTOR_MAX_CLASSES:  # rows of a cached (c, c) selector: one take
+                return _selector(c, dtype).take(t, axis=0)
+            out = np.full((n, c), -np.inf, dtype=dtype)
+            out[np.arange(n), t] = 0
+            return out
+        except IndexError:
+            pass
+    i = int(np.argmax((t < 0) | (t >= c)))
+    raise ValueError(f"cross_entropy: target {int(t[i])} at index {i} is out of range "
+                     f"for {c} classes (valid: 0..{c - 1})")
+
+
+# A selector of 256 classes is 512 KB in float64, and at most 8 are kept; more classes: no
+# cache (a fresh array and a scatter instead).
+_SELECTOR_MAX_CLASSES = 256
+_SELECTORS = {}
+
+
+def _selector(c, dtype):
+    """(c, c): 0 on the diagonal, -inf elsewhere; row k selects class k."""
+    sel = _SELECTORS.get((c, dtype))
+    if sel is None:
+        sel = np.full((c, c), -np.inf, dtype=dtype)
+        np.fill_diagonal(sel, 0)
+        sel.flags.writeable = False
+        if len(_SELECTORS) >= 8:
+            _SELECTORS.clear()
+        _SELECTORS[(c, dtype)] = sel
+    return sel
 
 
 def mse_loss(input, target, reduction="mean"):

@@ -72,6 +72,7 @@ _CATEGORY = {"b": 0, "u": 1, "i": 1, "f": 2}
 _NUMBER, _ZERO_DIM, _DIMENSIONED = 0, 1, 2
 DEFAULT_FLOAT = np.dtype(np.float32)  # what a Python float becomes (torch's default dtype)
 _BOOL, _INT64 = np.dtype(bool), np.dtype(np.int64)
+_FLOATS = frozenset(np.dtype(t) for t in (np.float16, np.float32, np.float64))
 
 
 def result_dtype(*operands):
@@ -513,11 +514,13 @@ def _operands(t, other, op):
     (``result_dtype``), and float32 for a division of integers. Converting a tensor that
     needs a gradient is recorded, so the gradient flows back in its own dtype."""
     dtype = t.data.dtype
-    if dtype.kind == "f":  # the common cases first: x * 0.5, x + y of one dtype
-        if type(other) is float or type(other) is int:
+    # the common cases first: x * 0.5, and x + y of one float dtype (numpy's dtypes of one
+    # kind are one object, so `is` finds them; any other dtype takes the general rule)
+    if type(other) is float or type(other) is int:
+        if dtype in _FLOATS:
             return t, _scalar(other, dtype)
-        if isinstance(other, Tensor) and other.data.dtype == dtype:
-            return t, other
+    elif isinstance(other, Tensor) and other.data.dtype is dtype and dtype in _FLOATS:
+        return t, other
     if isinstance(other, (list, tuple)):
         other = Tensor(other)
     compute = result_dtype(t, other)

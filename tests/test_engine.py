@@ -195,11 +195,13 @@ def test_ndarray_op_tensor_returns_tensor():
 
 
 def test_constructor_dtypes():
-    assert Tensor([1, 2]).dtype == np.float32
-    assert Tensor(3).dtype == np.float32
+    # PyTorch's: ints int64, bools bool, floats float32; arrays keep their dtype
+    assert Tensor([1, 2]).dtype == np.int64 and Tensor([True]).dtype == np.bool_
+    assert Tensor(3).dtype == np.int64 and Tensor(3.0).dtype == np.float32
+    assert Tensor([1, 2.5]).dtype == np.float32
     assert Tensor(np.ones(2, dtype=np.float64)).dtype == np.float64
     assert Tensor(np.ones(2, dtype=np.float32)).dtype == np.float32
-    assert Tensor(np.arange(3)).dtype == np.float32
+    assert Tensor(np.arange(3, dtype=np.int32)).dtype == np.int32
     assert Tensor([1.0], dtype=np.float64).dtype == np.float64
     a = np.ones(2)
     t = Tensor(a)
@@ -223,9 +225,9 @@ def test_constructor_rejects_non_numeric_input(bad):
         Tensor(bad)
 
 
-def test_constructor_rejects_integer_dtype():
-    with pytest.raises(TypeError, match="int64"):
-        Tensor([1, 2], dtype=np.int64)
+def test_constructor_refuses_gradients_of_integers():
+    with pytest.raises(RuntimeError, match="floating point dtype can require gradients"):
+        Tensor([1, 2], dtype=np.int64, requires_grad=True)
 
 
 def test_shape_errors_name_op_and_shapes():

@@ -116,7 +116,7 @@ def store_grad(t, g, take, wrap):
 def _store_grad(t, g, take, wrap):
     dtype = t.dtype
     if t.grad is not None:
-        arr = t.grad.data + g
+        arr = np.asarray(t.grad.data + g)  # numpy gives a scalar for two 0-d arrays
     else:
         arr = g if take else np.array(g, dtype=dtype)
     if arr.dtype != dtype:

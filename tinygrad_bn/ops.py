@@ -220,7 +220,7 @@ def count(shape, axis):
 
 def scatter_add(g, index, shape):
     """Zeros of ``shape`` with ``g`` added at ``index``; repeated indices accumulate."""
-    if isinstance(g, np.ndarray):
+    if isinstance(g, (np.ndarray, np.generic)):  # (numpy gives scalars for 0-d arithmetic)
         out = np.zeros(shape, dtype=g.dtype)
         np.add.at(out, index, g)
         return out
@@ -259,13 +259,14 @@ def normalize_axis(axis, ndim):
         return (axis,)
     axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
     out = []
+    n = max(ndim, 1)  # a 0-d tensor takes axis 0 or -1 and reduces over nothing (PyTorch)
     for a in axes:
-        if not -ndim <= a < max(ndim, 1):
+        if not -n <= a < n:
             raise ValueError(f"axis {a} is out of range for a tensor with {ndim} dimensions")
-        out.append(int(a) % max(ndim, 1))
+        out.append(int(a) % n)
     if len(set(out)) != len(out):
         raise ValueError(f"axis {axis} repeats an axis")
-    return tuple(sorted(out))
+    return tuple(sorted(out)) if ndim else ()
 
 
 def keepdims_shape(shape, axis):

@@ -2,24 +2,20 @@
 record no graph; parameters without a gradient are skipped."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterable
+from typing import Iterable
 
 import numpy as np
 
 from . import dispatch
 from .dispatch import run
-
-if TYPE_CHECKING:  # for the type hints only
-    from .tensor import Tensor
+from .tensor import Tensor
 
 
 class Optimizer:
     """Holds the parameters and per-parameter state; ``step()`` is the update rule."""
 
     def __init__(self, params: Iterable[Tensor], lr: float):
-        self.params = list(params)
-        if not self.params:
-            raise ValueError(f"{type(self).__name__} got an empty parameter list")
+        self.params = _parameter_list(params, type(self).__name__)
         if lr < 0:
             raise ValueError(f"{type(self).__name__}: learning rate must be >= 0, got {lr}")
         self.lr = lr
@@ -46,6 +42,36 @@ class Optimizer:
 
     def _update(self, p, grad, state):
         raise NotImplementedError
+
+
+def _parameter_list(params, name):
+    """``params`` as a list of distinct Tensors, or PyTorch's errors (a model or a single tensor
+    passed by mistake would otherwise make step() silently change nothing)."""
+    if isinstance(params, Tensor) or hasattr(params, "named_parameters"):
+        raise TypeError(f"params argument given to the optimizer should be an iterable of "
+                        f"Tensors or dicts, but got {type(params).__name__}; pass "
+                        f"model.parameters() (or [w] for a single tensor)")
+    try:
+        params = list(params)
+    except TypeError:
+        raise TypeError(f"params argument given to the optimizer should be an iterable of "
+                        f"Tensors or dicts, but got {type(params).__name__}") from None
+    if not params:
+        raise ValueError("optimizer got an empty parameter list")
+    seen = set()
+    for i, p in enumerate(params):
+        if isinstance(p, dict):
+            raise TypeError(f"{name}: parameter groups (dicts) are not supported; pass one "
+                            f"list of Tensors and one learning rate")
+        if not isinstance(p, Tensor):
+            raise TypeError(f"optimizer can only optimize Tensors, but one of the params is "
+                            f"{type(p).__name__} (at position {i})")
+        if id(p) in seen:  # PyTorch only warns; the update would be applied twice
+            raise ValueError(f"{name}: parameter {i} (shape {p.shape}) appears twice in params; "
+                             f"each tensor must be given once (model.parameters() lists tied "
+                             f"weights once)")
+        seen.add(id(p))
+    return params
 
 
 class SGD(Optimizer):

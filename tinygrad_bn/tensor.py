@@ -16,26 +16,30 @@ import numpy as np
 from . import autograd, dispatch, ops
 from .dispatch import run
 
-# A Python number in annotations (``float`` inside the class is Tensor.float).
-Number = Union[int, float]
+# Names for annotations: inside the class, float, int and bool are Tensor's conversion methods.
+Number, Int, Bool = Union[int, float], int, bool
 
 
 def _to_array(data, dtype):
-    """``data`` as a new float ndarray; lists and ints become float32 (PyTorch's default)."""
+    """``data`` as a new ndarray, with PyTorch's dtypes: arrays keep theirs (bool, integer or
+    float); Python bools become bool, ints int64, floats (and mixed lists) float32."""
     if isinstance(data, Tensor):
         data = data.data
     if isinstance(data, (np.ndarray, np.generic)):
-        if dtype is None:
-            dtype = data.dtype if data.dtype.kind == "f" else np.float32
         if data.dtype.kind not in "fiub":
             raise TypeError(f"Tensor needs numbers, got an array of dtype {data.dtype}")
         return np.array(data, dtype=dtype)
     if isinstance(data, (bool, numbers.Real, list, tuple)):
         try:
-            arr = np.array(data, dtype=np.float32 if dtype is None else dtype)
-        except (ValueError, TypeError) as e:
+            arr = np.array(data, dtype=dtype)
+        except (ValueError, TypeError, OverflowError) as e:
             raise TypeError(f"Tensor needs numbers or nested lists of numbers of equal length, "
                             f"got {_describe(data)}: {e}") from None
+        if dtype is None and arr.dtype.kind not in "bi":  # float64 from Python floats
+            if arr.dtype.kind != "f":
+                raise TypeError(f"Tensor needs numbers, got {_describe(data)} (numpy reads it "
+                                f"as {arr.dtype})")
+            arr = arr.astype(DEFAULT_FLOAT)
         return arr
     raise TypeError(f"Tensor needs a numpy array, a number or a (nested) list of numbers, "
                     f"got {_describe(data)}")
@@ -48,10 +52,74 @@ def _describe(x):
 
 def _check_dtype(dtype):
     dtype = np.dtype(dtype)
-    if dtype.kind != "f":
-        raise TypeError(f"Tensor holds floating-point data; dtype {dtype} is not supported "
-                        f"(use np.float32 or np.float64)")
+    if dtype.kind not in "fiub":
+        raise TypeError(f"Tensor holds bool, integer or floating-point data; dtype {dtype} is "
+                        f"not supported (use e.g. np.float32, np.float64, np.int64 or bool)")
     return dtype
+
+
+def _check_grad_dtype(data, requires_grad):
+    """PyTorch's rule: only floating-point tensors take part in differentiation."""
+    if requires_grad and data.dtype.kind != "f":
+        raise RuntimeError(f"Only Tensors of floating point dtype can require gradients, got "
+                           f"dtype {data.dtype}; convert first, e.g. Tensor(x, dtype=np.float32) "
+                           f"or t.float()")
+
+
+# ---- type promotion: PyTorch's rule, the one place it is written ----
+
+# Categories, lowest first. Each operand of an op also has a rank: a tensor or array with
+# dimensions says most about the result, then a 0-d tensor or array, then a Python (or numpy)
+# number. A lower-ranked operand decides the dtype only if its category is higher.
+_CATEGORY = {"b": 0, "u": 1, "i": 1, "f": 2}
+_NUMBER, _ZERO_DIM, _DIMENSIONED = 0, 1, 2
+DEFAULT_FLOAT = np.dtype(np.float32)  # what a Python float becomes (torch's default dtype)
+_BOOL, _INT64 = np.dtype(bool), np.dtype(np.int64)
+_FLOATS = frozenset(np.dtype(t) for t in (np.float16, np.float32, np.float64))
+
+
+def result_dtype(*operands):
+    """The dtype of an elementwise op on ``operands`` (Tensors, arrays, numbers): torch.result_type.
+
+    Same rank: the usual promotion (int32+int64 -> int64, float32+float64 -> float64, any int
+    with a float -> that float). Across ranks, bool < int < float: float32 tensor * 2.5 ->
+    float32, float32 tensor * np.array(2.0) -> float32, int32 tensor * 2.5 -> float32 (a Python
+    float is float32), bool tensor + 1 -> int64, int32 tensor + 0-d float64 -> float64.
+    """
+    by_rank = [None, None, None]
+    for x in operands:
+        rank, dtype = _rank_and_dtype(x)
+        prev = by_rank[rank]
+        by_rank[rank] = dtype if prev is None else _promote_types(prev, dtype)
+    result = None
+    for dtype in by_rank:  # numbers first: a higher rank wins unless its category is lower
+        if dtype is not None and (result is None or
+                                  _CATEGORY[dtype.kind] >= _CATEGORY[result.kind]):
+            result = dtype
+    return result
+
+
+def _promote_types(a, b):
+    ca, cb = _CATEGORY[a.kind], _CATEGORY[b.kind]
+    if ca != cb:
+        return a if ca > cb else b  # int64 + float16 -> float16, as torch (numpy: float64)
+    return np.promote_types(a, b)
+
+
+def _rank_and_dtype(x):
+    if isinstance(x, (Tensor, np.ndarray)):
+        dtype = x.dtype
+        if dtype.kind not in _CATEGORY:
+            raise TypeError(f"cannot combine a Tensor with an array of dtype {dtype}")
+        return (_DIMENSIONED if x.ndim else _ZERO_DIM), dtype
+    # numpy scalars (x.data[0], np.float64(2)) count as numbers, as in torch
+    if isinstance(x, (bool, np.bool_)):
+        return _NUMBER, _BOOL
+    if isinstance(x, numbers.Integral):
+        return _NUMBER, _INT64
+    if isinstance(x, numbers.Real):
+        return _NUMBER, DEFAULT_FLOAT
+    raise TypeError(f"cannot combine a Tensor with {_describe(x)}")
 
 
 class Tensor:
@@ -67,9 +135,10 @@ class Tensor:
     __array_ufunc__ = None
     seq = -1  # as a vertex of the graph walk: made before every recorded operation
 
-    def __init__(self, data: np.ndarray | Tensor | Number | list, requires_grad: bool = False,
+    def __init__(self, data: np.ndarray | Tensor | Number | list, requires_grad: Bool = False,
                  dtype: np.dtype | type | None = None, name: str | None = None):
         self.data = run(_to_array, data, None if dtype is None else _check_dtype(dtype))
+        _check_grad_dtype(self.data, requires_grad)
         self.grad = None
         self.requires_grad = bool(requires_grad)
         self._ctx = None
@@ -127,11 +196,12 @@ class Tensor:
         dispatch.alias(out, self)
         return out
 
-    def requires_grad_(self, requires_grad: bool = True) -> Tensor:
+    def requires_grad_(self, requires_grad: Bool = True) -> Tensor:
         """Start (or stop) recording operations on this leaf; returns the tensor."""
         if self._ctx is not None and not requires_grad:
             raise RuntimeError("requires_grad_(False) on a tensor computed in a graph; use "
                                ".detach() to get a tensor without history")
+        _check_grad_dtype(self.data, requires_grad)
         self.requires_grad = bool(requires_grad)
         return self
 
@@ -167,8 +237,8 @@ class Tensor:
         return f"Tensor({body}, dtype={self.dtype}{extra})"
 
     # ---- autodiff ----
-    def backward(self, gradient: np.ndarray | Tensor | None = None, retain_graph: bool = False,
-                 create_graph: bool = False) -> None:
+    def backward(self, gradient: np.ndarray | Tensor | None = None, retain_graph: Bool = False,
+                 create_graph: Bool = False) -> None:
         """Accumulate d(self)/d(leaf) into every leaf's ``.grad``.
 
         ``gradient`` is the upstream gradient (same shape as ``self``); it may be left out only
@@ -194,72 +264,127 @@ class Tensor:
                                  f"but the tensor has shape {self.shape}")
         autograd.backward(self, grad, retain_graph, create_graph)
 
-    # ---- elementwise arithmetic (numpy broadcasting) ----
+    # ---- elementwise arithmetic (numpy broadcasting, PyTorch's type promotion) ----
     def __add__(self, other):
-        return _apply(ops.ADD, self, _const(other, self))
+        a, b = _operands(self, other, "add")
+        return _apply(ops.ADD, a, b)
 
     def __radd__(self, other):
-        return _apply(ops.ADD, _const(other, self), self)
+        b, a = _operands(self, other, "add")
+        return _apply(ops.ADD, a, b)
 
     def __sub__(self, other):
-        return _apply(ops.SUB, self, _const(other, self))
+        a, b = _operands(self, other, "sub")
+        return _apply(ops.SUB, a, b)
 
     def __rsub__(self, other):
-        return _apply(ops.SUB, _const(other, self), self)
+        b, a = _operands(self, other, "sub")
+        return _apply(ops.SUB, a, b)
 
     def __mul__(self, other):
-        return _apply(ops.MUL, self, _const(other, self))
+        a, b = _operands(self, other, "mul")
+        return _apply(ops.MUL, a, b)
 
     def __rmul__(self, other):
-        return _apply(ops.MUL, _const(other, self), self)
+        b, a = _operands(self, other, "mul")
+        return _apply(ops.MUL, a, b)
 
     def __truediv__(self, other):
-        return _apply(ops.DIV, self, _const(other, self))
+        a, b = _operands(self, other, "div")
+        return _apply(ops.DIV, a, b)
 
     def __rtruediv__(self, other):
-        return _apply(ops.DIV, _const(other, self), self)
+        b, a = _operands(self, other, "div")
+        return _apply(ops.DIV, a, b)
 
     def __neg__(self):
+        if self.data.dtype.kind == "b":
+            raise TypeError("negation (-x) of a bool tensor is not supported (as in PyTorch); "
+                            "to invert a mask use ~mask")
         return _apply(ops.NEG, self)
 
+    def __invert__(self) -> Tensor:
+        """~mask: logical not of a bool tensor (bitwise not of an integer one); no gradient."""
+        if self.data.dtype.kind not in "biu":
+            raise TypeError(f"~x needs a bool or integer tensor, got dtype {self.dtype}")
+        return Tensor._wrap(run(np.invert, self.data))
+
     def __pow__(self, exponent):
-        if isinstance(exponent, numbers.Real) and not isinstance(exponent, bool):
-            return _apply(ops.POW_SCALAR, self, exponent=exponent)
-        return _apply(ops.POW, self, _const(exponent, self))
+        if type(exponent) is float or type(exponent) is int or (
+                isinstance(exponent, numbers.Real) and not isinstance(exponent, (bool, np.bool_))):
+            if self.data.dtype.kind == "f":  # x ** 2: the exponent is an attribute of the node
+                if type(exponent) is not int and type(exponent) is not float:
+                    exponent = _python_number(exponent)  # np.float64(2): not a float64 result
+                return _apply(ops.POW_SCALAR, self, exponent=exponent)
+        a, b = _operands(self, exponent, "pow")
+        return _apply(ops.POW, a, b)
 
     def __rpow__(self, base):
-        return _apply(ops.POW, _const(base, self), self)
+        b, a = _operands(self, base, "pow")
+        return _apply(ops.POW, a, b)
 
     def __matmul__(self, other):
-        return _matmul(self, _const(other, self))
+        a, b = _operands(self, other, "matmul")
+        return _matmul(a, b)
 
     def __rmatmul__(self, other):
-        return _matmul(_const(other, self), self)
+        b, a = _operands(self, other, "matmul")
+        return _matmul(a, b)
 
-    # Comparisons give constant (bool) tensors: masks carry no gradient. == stays identity so
-    # tensors remain hashable (the graph walk keeps them in sets).
-    # Comparisons give boolean masks without a gradient (on a jit tape like any array work).
+    # Comparisons give boolean masks without a gradient (on a jit tape like any array work),
+    # computed in the promoted dtype as torch does. == stays identity so tensors remain
+    # hashable (the graph walk keeps them in sets): eq() and ne() compare elementwise.
     def __gt__(self, other):
-        return Tensor._wrap(run(operator.gt, self.data, _data(other)))
+        return _compare(operator.gt, self, other)
 
     def __ge__(self, other):
-        return Tensor._wrap(run(operator.ge, self.data, _data(other)))
+        return _compare(operator.ge, self, other)
 
     def __lt__(self, other):
-        return Tensor._wrap(run(operator.lt, self.data, _data(other)))
+        return _compare(operator.lt, self, other)
 
     def __le__(self, other):
-        return Tensor._wrap(run(operator.le, self.data, _data(other)))
+        return _compare(operator.le, self, other)
 
     def eq(self, other: Tensor | np.ndarray | Number) -> Tensor:
         """The elementwise mask self == other (``==`` itself stays identity: tensors are hashed)."""
-        return Tensor._wrap(run(operator.eq, self.data, _data(other)))
+        return _compare(operator.eq, self, other)
 
-    def __invert__(self):
-        """Logical not of a boolean mask."""
-        if self.data.dtype != np.bool_:
-            raise TypeError(f"~ needs a boolean tensor, got dtype {self.dtype}")
-        return Tensor._wrap(run(np.logical_not, self.data))
+    def ne(self, other: Tensor | np.ndarray | Number) -> Tensor:
+        """The elementwise mask self != other."""
+        return _compare(operator.ne, self, other)
+
+    # ---- dtype conversion ----
+    def to(self, dtype: np.dtype | type | str, copy: Bool = False) -> Tensor:
+        """This tensor as ``dtype`` (itself if it has it, unless ``copy``); to a float dtype it is
+        recorded (the gradient flows back in this tensor's dtype), to bool or an integer dtype it
+        has no gradient."""
+        dtype = _check_dtype(dtype)
+        if dtype == self.data.dtype and not copy:
+            return self
+        if dtype.kind == "f":
+            return _apply(ops.CAST, self, dtype=dtype)
+        return Tensor._wrap(run(_astype, self.data, dtype))
+
+    def float(self) -> Tensor:
+        """As float32."""
+        return self.to(np.float32)
+
+    def double(self) -> Tensor:
+        """As float64."""
+        return self.to(np.float64)
+
+    def long(self) -> Tensor:
+        """As int64 (no gradient)."""
+        return self.to(np.int64)
+
+    def int(self) -> Tensor:
+        """As int32 (no gradient)."""
+        return self.to(np.int32)
+
+    def bool(self) -> Tensor:
+        """As bool (no gradient)."""
+        return self.to(np.bool_)
 
     # ---- in place (PyTorch's rules) ----
     # Under no_grad, or when no gradient is involved, the tensor's array is written in place:
@@ -307,25 +432,17 @@ class Tensor:
         """Copy ``src`` (broadcast to this shape) into this tensor, in place; d/d(src) flows."""
         return self._inplace(ops.EXPAND, src)
 
-    def to(self, dtype: np.dtype | type | str, copy: bool = False) -> Tensor:
-        """This tensor as ``dtype`` (itself if it has it, unless ``copy``); gradients flow back
-        in self's dtype."""
-        return self if np.dtype(dtype) == self.dtype and not copy else _cast(self, dtype)
-
-    def float(self) -> Tensor:
-        """As float32."""
-        return self.to(np.float32)
-
-    def double(self) -> Tensor:
-        """As float64."""
-        return self.to(np.float64)
-
     def clone(self) -> Tensor:
         """A copy with its own memory; gradients flow back to ``self``."""
         return self * 1
 
     def _inplace(self, op, other):
-        other = _const(other, self)
+        compute = result_dtype(self, other)
+        if _CATEGORY[compute.kind] > _CATEGORY[self.data.dtype.kind]:
+            raise RuntimeError(f"result type {compute} can't be cast to the desired output type "
+                               f"{self.dtype} of an in-place operation (PyTorch refuses it too); "
+                               f"use an out-of-place operation, or convert first")
+        other = _const(other, compute)
         if op is ops.EXPAND or op is None:  # copy_ / fill_: the result is other, broadcast
             if np.broadcast_shapes(other.shape, self.shape) != self.shape:
                 raise RuntimeError(f"{'copy_' if op else 'fill_'}: the source of shape "
@@ -366,39 +483,43 @@ class Tensor:
     # ---- elementwise functions ----
     def sqrt(self) -> Tensor:
         """sqrt(x), elementwise; d/dx = 1 / (2 sqrt(x))."""
-        return _apply(ops.SQRT, self)
+        return _apply(ops.SQRT, self if self.data.dtype.kind == "f" else _to_float(self))
 
     def exp(self) -> Tensor:
         """exp(x), elementwise; d/dx = exp(x)."""
-        return _apply(ops.EXP, self)
+        return _apply(ops.EXP, self if self.data.dtype.kind == "f" else _to_float(self))
 
     def log(self) -> Tensor:
         """Natural log, elementwise; d/dx = 1 / x."""
-        return _apply(ops.LOG, self)
+        return _apply(ops.LOG, self if self.data.dtype.kind == "f" else _to_float(self))
 
     def relu(self) -> Tensor:
         """max(x, 0), elementwise; d/dx = 1 where x > 0, else 0."""
+        if self.data.dtype.kind == "b":
+            raise TypeError("relu of a bool tensor is not supported (as in PyTorch); convert "
+                            "first, e.g. x.float().relu()")
         return _apply(ops.RELU, self)
 
     def sigmoid(self) -> Tensor:
         """s = 1 / (1 + exp(-x)), elementwise; d/dx = s (1 - s)."""
-        return _apply(ops.SIGMOID, self)
+        return _apply(ops.SIGMOID, self if self.data.dtype.kind == "f" else _to_float(self))
 
     def tanh(self) -> Tensor:
         """t = tanh(x), elementwise; d/dx = 1 - t²."""
-        return _apply(ops.TANH, self)
+        return _apply(ops.TANH, self if self.data.dtype.kind == "f" else _to_float(self))
 
     # ---- reductions ----
-    def sum(self, axis: int | tuple[int, ...] | None = None, keepdims: bool = False) -> Tensor:
+    def sum(self, axis: Int | tuple[Int, ...] | None = None, keepdims: Bool = False) -> Tensor:
         """Sum over ``axis`` (every axis when None); the gradient copies g to every summed entry."""
         return _apply(ops.SUM, self, axis=ops.normalize_axis(axis, self.data.ndim),
                       keepdims=keepdims)
 
-    def mean(self, axis: int | tuple[int, ...] | None = None, keepdims: bool = False) -> Tensor:
+    def mean(self, axis: Int | tuple[Int, ...] | None = None, keepdims: Bool = False) -> Tensor:
         """sum(x) / n over ``axis`` (every axis when None); d/dx_i = 1 / n."""
+        _need_float(self, "mean")
         return _apply(ops.MEAN, self, axis=self._nonempty_axes(axis, "mean"), keepdims=keepdims)
 
-    def max(self, axis: int | tuple[int, ...] | None = None, keepdims: bool = False) -> Tensor:
+    def max(self, axis: Int | tuple[Int, ...] | None = None, keepdims: Bool = False) -> Tensor:
         """Maximum over ``axis``; the gradient goes to the maxima (shared equally by ties)."""
         return _apply(ops.MAX, self, axis=self._nonempty_axes(axis, "max"), keepdims=keepdims)
 
@@ -408,41 +529,44 @@ class Tensor:
             raise ValueError(f"{name} over axis {axis} of an empty tensor of shape {self.shape}")
         return axes
 
-    def min(self, axis: int | tuple[int, ...] | None = None, keepdims: bool = False) -> Tensor:
+    def min(self, axis: Int | tuple[Int, ...] | None = None, keepdims: Bool = False) -> Tensor:
         """min(x) = -max(-x)."""
         return -(-self).max(axis=axis, keepdims=keepdims)
 
-    def var(self, axis: int | tuple[int, ...] | None = None, keepdims: bool = False) -> Tensor:
+    def var(self, axis: Int | tuple[Int, ...] | None = None, keepdims: Bool = False) -> Tensor:
         """Biased variance: mean((x - mean(x))**2); the graph runs through the mean too."""
         centered = self - self.mean(axis=axis, keepdims=True)
         return (centered ** 2).mean(axis=axis, keepdims=keepdims)
 
-    def argmax(self, axis: int | None = None) -> np.ndarray:
+    def argmax(self, axis: Int | None = None) -> np.ndarray:
         """Indices of the maxima (an integer ndarray: it has no gradient)."""
         return run(np.ndarray.argmax, self.data, axis=axis)
 
     # ---- softmax family (composite; numerically stable) ----
-    def softmax(self, axis: int = -1) -> Tensor:
+    def softmax(self, axis: Int = -1) -> Tensor:
         """exp(x - max) / sum(exp(x - max)); the shift is a constant, it cancels in the ratio."""
+        _need_float(self, "softmax")
         e = (self - self._max_constant(axis)).exp()
         return e / e.sum(axis=axis, keepdims=True)
 
-    def log_softmax(self, axis: int = -1) -> Tensor:
+    def log_softmax(self, axis: Int = -1) -> Tensor:
         """(x - max) - log(sum(exp(x - max)))."""
+        _need_float(self, "log_softmax")
         shifted = self - self._max_constant(axis)
         shifted.name = "x − max"  # a label for the graph renderer
         return shifted - shifted.exp().sum(axis=axis, keepdims=True).log()
 
     def _max_constant(self, axis):
         # The shift that keeps exp() finite; a constant, not a recorded max (it cancels).
+        axis = ops.normalize_axis(axis, self.data.ndim)  # () for a 0-d tensor: itself
         return run(np.ndarray.max, self.data, axis=axis, keepdims=True)
 
     # ---- shape ----
-    def reshape(self, *shape: int | tuple[int, ...]) -> Tensor:
+    def reshape(self, *shape: Int | tuple[Int, ...]) -> Tensor:
         """The same data in ``shape`` (one entry may be -1): ``reshape(2, 3)`` or ``((2, 3))``."""
         return _apply(ops.RESHAPE, self, shape=_reshape_target(self.shape, _shape_arg(shape)))
 
-    def transpose(self, *axes: int | tuple[int, ...]) -> Tensor:
+    def transpose(self, *axes: Int | tuple[Int, ...]) -> Tensor:
         """Permute axes (numpy's convention: no argument reverses them, else a full permutation)."""
         if not axes and self.data.ndim == 2:  # W.T in every Linear layer: skip the checks
             return _apply(ops.TRANSPOSE, self, axes=(1, 0))
@@ -452,11 +576,11 @@ class Tensor:
                              f"shape {self.shape} (to swap two axes use swapaxes(a, b))")
         return _apply(ops.TRANSPOSE, self, axes=tuple(a % self.ndim for a in axes))
 
-    def permute(self, *dims: int | tuple[int, ...]) -> Tensor:
+    def permute(self, *dims: Int | tuple[Int, ...]) -> Tensor:
         """PyTorch's name for ``transpose(*dims)`` with a full permutation of the axes."""
         return self.transpose(*dims)
 
-    def swapaxes(self, a: int, b: int) -> Tensor:
+    def swapaxes(self, a: Int, b: Int) -> Tensor:
         """Exchange axes ``a`` and ``b``."""
         axes = list(range(self.ndim))
         axes[a], axes[b] = axes[b], axes[a]
@@ -464,7 +588,7 @@ class Tensor:
 
     T = property(lambda self: self.transpose(), doc="``transpose()``: the axes reversed.")
 
-    def expand(self, *shape: int | tuple[int, ...]) -> Tensor:
+    def expand(self, *shape: Int | tuple[Int, ...]) -> Tensor:
         """Broadcast to ``shape`` (numpy rules) without copying."""
         shape = _shape_arg(shape)
         try:
@@ -473,14 +597,14 @@ class Tensor:
             raise ValueError(f"expand: cannot broadcast shape {self.shape} to {shape}") from None
         return _apply(ops.EXPAND, self, shape=shape)
 
-    def flatten(self, start_dim: int = 0) -> Tensor:
+    def flatten(self, start_dim: Int = 0) -> Tensor:
         """Merge the axes from ``start_dim`` on into one: (2, 3, 4) -> (2, 12) for start_dim 1."""
         return self.reshape(self.shape[:start_dim] + (-1,))
 
     def __getitem__(self, index):
         return _apply(ops.GETITEM, self, index=_index_arg(index))
 
-    def scatter_add(self, index: object, shape: tuple[int, ...]) -> Tensor:
+    def scatter_add(self, index: object, shape: tuple[Int, ...]) -> Tensor:
         """Zeros of ``shape`` with self added at ``index`` (repeats accumulate): the derivative
         of ``x[index]``, which indexing's rule calls on Tensors (create_graph=True)."""
         shape = _shape_arg((shape,))
@@ -530,26 +654,78 @@ _INPLACE = {ops.ADD: lambda a, b: np.add(a, b, out=a),
             ops.DIV: lambda a, b: np.true_divide(a, b, out=a)}
 
 
+def _operands(t, other, op):
+    """(t, other) as Tensors of the dtype ``op`` computes in: PyTorch's promotion
+    (``result_dtype``), and float32 for a division of integers. Converting a tensor that
+    needs a gradient is recorded, so the gradient flows back in its own dtype."""
+    dtype = t.data.dtype
+    # the common cases first: x * 0.5, and x + y of one float dtype (numpy's dtypes of one
+    # kind are one object, so `is` finds them; any other dtype takes the general rule)
+    if type(other) is float or type(other) is int:
+        if dtype in _FLOATS:
+            return t, _scalar(other, dtype)
+    elif isinstance(other, Tensor) and other.data.dtype is dtype and dtype in _FLOATS:
+        return t, other
+    if isinstance(other, (list, tuple)):
+        other = Tensor(other)
+    compute = result_dtype(t, other)
+    if op == "sub" and (dtype.kind == "b" or _rank_and_dtype(other)[1].kind == "b"):
+        raise TypeError("subtraction (-) with a bool operand is not supported (as in PyTorch); "
+                        "to invert a mask use ~mask, or convert it first with .long() / .float()")
+    if compute.kind == "b" and op == "pow":
+        raise TypeError("bool ** bool is not supported (as in PyTorch); convert with .long()")
+    if compute.kind != "f" and op == "div":
+        compute = DEFAULT_FLOAT  # true division of integers gives floats, as in torch
+    return _cast(t, compute), _const(other, compute)
+
+
 def _cast(t, dtype):
-    """``t`` as ``dtype``, keeping its gradient."""
-    return _apply(ops.CAST, t, dtype=np.dtype(dtype))
+    """``t`` as ``dtype`` (itself if it has it), keeping its gradient."""
+    dtype = np.dtype(dtype)
+    return t if t.data.dtype == dtype else _apply(ops.CAST, t, dtype=dtype)
 
 
-def _const(x, like):
-    """A non-Tensor operand as a constant Tensor; Python numbers take ``like``'s dtype."""
+def _const(x, dtype):
+    """Operand ``x`` (Tensor, array or number) as a Tensor of ``dtype``."""
     if isinstance(x, Tensor):
-        return x
-    if type(x) is float or type(x) is int:  # the common case, before the slower ABC checks
-        return _scalar(x, like.data.dtype)
+        return _cast(x, dtype)
     if isinstance(x, np.ndarray):
-        if x.dtype.kind not in "fiub":
-            raise TypeError(f"cannot combine a Tensor with an array of dtype {x.dtype}")
-        return Tensor._wrap(x)
-    if isinstance(x, numbers.Real):  # numpy scalars, Fractions, ...: shared like Python numbers
-        return _scalar(x.item() if isinstance(x, np.generic) else float(x), like.data.dtype)
-    if isinstance(x, (list, tuple)):
-        return Tensor(x, dtype=like.data.dtype)
-    raise TypeError(f"cannot combine a Tensor with {_describe(x)}")
+        return Tensor._wrap(x if x.dtype == dtype else run(_astype, x, dtype))
+    return _scalar(_python_number(x), dtype)
+
+
+def _python_number(x):
+    # numpy scalars as Python numbers: numpy would let np.float64(2) widen a float32 result
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, (bool, int, float)):
+        return x
+    return int(x) if isinstance(x, numbers.Integral) else float(x)  # Fraction, Decimal-like
+
+
+def _astype(a, dtype):
+    return a.astype(dtype)
+
+
+def _to_float(t):
+    """An integer or bool tensor as float32 (sqrt, exp, ... of integers give floats in torch)."""
+    return _apply(ops.CAST, t, dtype=DEFAULT_FLOAT)
+
+
+def _need_float(t, name):
+    if t.data.dtype.kind != "f":
+        raise TypeError(f"{name} of a tensor of dtype {t.dtype} is not defined (PyTorch refuses "
+                        f"it too); convert first: x.float().{name}(...)")
+
+
+def _compare(fn, t, other):
+    if (type(other) is float or type(other) is int) and t.data.dtype.kind == "f":
+        return Tensor._wrap(run(fn, t.data, other))  # x > 0: numpy compares in x's dtype
+    a, b = _operands(t, other, "compare")
+    # A number stays a number (numpy compares it in a's dtype, which is the promoted one): a
+    # jit tape keeps it as a constant, not as an array made outside the step.
+    b = b.data if isinstance(other, (Tensor, np.ndarray)) else _python_number(other)
+    return Tensor._wrap(run(fn, a.data, b))
 
 
 # Scalar constants are shared between graphs: they never change and never get a gradient, and
@@ -562,15 +738,17 @@ def _scalar(x, dtype):
     key = (x, dtype) if x != 0 else (x, dtype, math.copysign(1.0, x))
     t = _SCALARS.get(key)
     if t is None:
-        t = Tensor._wrap(np.array(x, dtype=dtype))
+        try:
+            value = np.array(x, dtype=dtype)
+        except OverflowError:
+            raise OverflowError(f"{x} does not fit in the tensor's dtype {dtype} (PyTorch would "
+                                f"wrap it around silently); convert the tensor first, e.g. "
+                                f"t.long() or t.double()") from None
+        t = Tensor._wrap(value)
         if len(_SCALARS) > 1024:
             _SCALARS.clear()
         _SCALARS[key] = t
     return t
-
-
-def _data(x):
-    return x.data if isinstance(x, Tensor) else x
 
 
 def _matmul(a, b):
@@ -623,12 +801,7 @@ def _index_arg(index):
         index = index.data
     if isinstance(index, list):
         index = run(np.asarray, index)
-    if isinstance(index, np.ndarray) and index.dtype.kind == "f":
-        index = run(_integer_index, index)
+    if isinstance(index, np.ndarray) and index.dtype.kind not in "biu":
+        raise IndexError(f"tensors used as indices must be integer or bool, got dtype "
+                         f"{index.dtype} (as in PyTorch); convert with .long()")
     return index
-
-
-def _integer_index(index):
-    if not np.all(index == np.round(index)):
-        raise IndexError("tensor index has non-integer values")
-    return index.astype(np.intp)

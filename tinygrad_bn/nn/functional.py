@@ -96,16 +96,19 @@ def cross_entropy(logits: Tensor, targets: np.ndarray | Tensor, reduction: str =
         raise ValueError(f"cross_entropy expects logits of shape (N, C), got {logits.shape}")
     n, c = logits.shape
     t = targets.data if isinstance(targets, Tensor) else targets
-    # A one-hot mask picks log p[target]: multiplying by a constant keeps the backward a product.
-    onehot = run(_one_hot_targets, t, n, c, logits.dtype)
+    # 0 at each row's target, -inf elsewhere: max(log p + it) over a row is log p[target].
+    # A selection, not a product with a one-hot mask: a class masked with a -inf logit has
+    # log p = -inf, and -inf * 0 would make the loss NaN (PyTorch's stays finite).
+    others_out = run(_minus_inf_but_targets, t, n, c, logits.dtype)
     log_p = _named(logits.log_softmax(axis=1), "log softmax")
-    picked = _named((log_p * _named(Tensor._wrap(onehot), "one-hot(target)")).sum(axis=1),
-                    "log p[target]")
+    picked = _named((log_p + _named(Tensor._wrap(others_out), "0 at target, −∞ elsewhere"))
+                    .max(axis=1), "log p[target]")
     return _reduce(_named(-picked, "−log p[target]"), reduction, "cross_entropy")
 
 
-def _one_hot_targets(targets, n, c, dtype):
-    """The (n, c) one-hot mask of class indices ``targets``, after checking them."""
+def _minus_inf_but_targets(targets, n, c, dtype):
+    """The (n, c) array that is 0 at each row's target class and -inf elsewhere, after checking
+    the targets."""
     t = np.asarray(targets)
     if t.shape != (n,):
         raise ValueError(f"cross_entropy: targets must have shape ({n},) to match logits "
@@ -121,11 +124,11 @@ def _one_hot_targets(targets, n, c, dtype):
     if not (t.size and (np.maximum.reduce(t) >= c if t.dtype.kind == "u"
                         else np.minimum.reduce(t) < 0)):
         try:
-            if c <= _EYE_MAX_CLASSES:  # rows of a cached identity: one take
-                return _eye(c, dtype).take(t, axis=0)
-            onehot = np.zeros((n, c), dtype=dtype)
-            onehot[np.arange(n), t] = 1
-            return onehot
+            if c <= _SELECTOR_MAX_CLASSES:  # rows of a cached (c, c) selector: one take
+                return _selector(c, dtype).take(t, axis=0)
+            out = np.full((n, c), -np.inf, dtype=dtype)
+            out[np.arange(n), t] = 0
+            return out
         except IndexError:
             pass
     i = int(np.argmax((t < 0) | (t >= c)))
@@ -133,21 +136,23 @@ def _one_hot_targets(targets, n, c, dtype):
                      f"for {c} classes (valid: 0..{c - 1})")
 
 
-# An identity of 256 classes is 512 KB in float64, and at most 8 are kept; more classes: no
-# cache (zeros and a scatter instead).
-_EYE_MAX_CLASSES = 256
-_EYES = {}
+# A selector of 256 classes is 512 KB in float64, and at most 8 are kept; more classes: no
+# cache (a fresh array and a scatter instead).
+_SELECTOR_MAX_CLASSES = 256
+_SELECTORS = {}
 
 
-def _eye(c, dtype):
-    eye = _EYES.get((c, dtype))
-    if eye is None:
-        eye = np.eye(c, dtype=dtype)
-        eye.flags.writeable = False
-        if len(_EYES) >= 8:
-            _EYES.clear()
-        _EYES[(c, dtype)] = eye
-    return eye
+def _selector(c, dtype):
+    """(c, c): 0 on the diagonal, -inf elsewhere; row k selects class k."""
+    sel = _SELECTORS.get((c, dtype))
+    if sel is None:
+        sel = np.full((c, c), -np.inf, dtype=dtype)
+        np.fill_diagonal(sel, 0)
+        sel.flags.writeable = False
+        if len(_SELECTORS) >= 8:
+            _SELECTORS.clear()
+        _SELECTORS[(c, dtype)] = sel
+    return sel
 
 
 def mse_loss(input: Tensor, target: Tensor | np.ndarray, reduction: str = "mean") -> Tensor:

@@ -6,6 +6,7 @@ import warnings
 
 import numpy as np
 
+from .. import dispatch
 from ..dispatch import update
 from ..tensor import Tensor
 from . import functional as F
@@ -51,16 +52,20 @@ class BatchNorm1d(Module):
 
     weight (gamma) starts at ones, bias (beta) at zeros; running_mean at zeros and running_var
     at ones are buffers: saved in the state dict, never learned. ``momentum`` is the weight of
-    the NEW batch in the running averages (PyTorch's convention).
+    the NEW batch in the running averages (PyTorch's convention); ``momentum=None`` makes them
+    cumulative averages, the n-th batch weighing 1/n (``num_batches_tracked`` counts them).
     """
+
+    optional_state = ("num_batches_tracked",)
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1,
                  affine: bool = True, track_running_stats: bool = True,
                  dtype: np.dtype | type = np.float32):
         super().__init__()
-        if not 0 <= momentum <= 1:
-            raise ValueError(f"BatchNorm1d: momentum must be in [0, 1], got {momentum}")
-        if momentum > 0.5:
+        if momentum is not None and not 0 <= momentum <= 1:
+            raise ValueError(f"BatchNorm1d: momentum must be in [0, 1] or None (a cumulative "
+                             f"average), got {momentum}")
+        if momentum is not None and momentum > 0.5:
             warnings.warn(
                 f"BatchNorm1d momentum={momentum}: in PyTorch's convention (used here) momentum "
                 f"is the weight of the NEW batch, so the usual value is 0.1. Keras and Flax use "
@@ -87,10 +92,16 @@ class BatchNorm1d(Module):
             raise ValueError(f"BatchNorm1d({self.num_features}) expects input of shape "
                              f"{expected}, got {x.shape}")
         use_batch_stats = self.training or not self.track_running_stats
+        momentum = self.momentum
         if self.training and self.track_running_stats:
             update(_count_batch, (self.num_batches_tracked,), self.num_batches_tracked)
+            if momentum is None:  # a cumulative average: the n-th batch weighs 1/n
+                # the count is read as a number (a jit step refuses it: it changes every step)
+                dispatch.read("BatchNorm1d(momentum=None)'s batch count (use a fixed momentum "
+                              "such as 0.1 in a jit step)")
+                momentum = 1.0 / float(self.num_batches_tracked.data)
         return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
-                            training=use_batch_stats, momentum=self.momentum, eps=self.eps)
+                            training=use_batch_stats, momentum=momentum or 0.0, eps=self.eps)
 
     def extra_repr(self) -> str:
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "

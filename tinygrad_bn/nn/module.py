@@ -37,6 +37,8 @@ class Parameter(Tensor):
 class Module:
     """Base class of layers: attributes that are Parameters, buffers or Modules are registered."""
 
+    optional_state = ()  # names load_state_dict accepts missing (the module keeps its value)
+
     def __init__(self):
         object.__setattr__(self, "_parameters", OrderedDict())
         object.__setattr__(self, "_buffers", OrderedDict())
@@ -47,8 +49,14 @@ class Module:
         if "_parameters" not in self.__dict__:
             raise AttributeError(f"{type(self).__name__}.__init__ must call super().__init__() "
                                  f"before assigning {name!r}")
+        # Replacing an entry keeps its place (state_dict's order, as in PyTorch): only the
+        # other tables forget the name.
+        kind = self._parameters if isinstance(value, Parameter) else \
+            self._modules if isinstance(value, Module) else \
+            self._buffers if name in self.__dict__.get("_buffer_names", ()) else None
         for table in (self._parameters, self._buffers, self._modules):
-            table.pop(name, None)
+            if table is not kind:
+                table.pop(name, None)
         if isinstance(value, Parameter):
             self._parameters[name] = value
             _MODEL_TENSORS[id(value)] = value
@@ -86,13 +94,23 @@ class Module:
             exit_scope(prev)
 
     # ---- traversal ----
-    def named_modules(self, prefix: str = "") -> Iterator[tuple[str, Module]]:
+    # A module or parameter reached under two names (a layer used twice in a Sequential, tied
+    # weights dec.weight = enc.weight) is listed once, under its first name, as in PyTorch:
+    # an optimizer given it twice would apply its update twice. state_dict keeps every name.
+    def named_modules(self, prefix: str = "", remove_duplicate: bool = True
+                      ) -> Iterator[tuple[str, Module]]:
         """(dotted name, module) for this module and every descendant, depth first."""
+        seen = set()
         stack = [(prefix, self)]
         while stack:
             name, module = stack.pop()
+            if remove_duplicate:
+                if id(module) in seen:
+                    continue
+                seen.add(id(module))
             yield name, module
-            children = [(f"{name}.{k}" if name else k, m) for k, m in module._modules.items()]
+            children = [(f"{name}.{k}" if name else k, m) for k, m in module._modules.items()
+                        if m is not None]
             stack.extend(reversed(children))
 
     def modules(self) -> list[Module]:
@@ -103,25 +121,33 @@ class Module:
         """The direct submodules, in the order they were assigned."""
         return list(self._modules.values())
 
-    def named_parameters(self, prefix: str = "") -> list[tuple[str, Parameter]]:
+    def named_parameters(self, prefix: str = "", remove_duplicate: bool = True
+                         ) -> list[tuple[str, Parameter]]:
         """(dotted name, parameter) for every parameter, e.g. ("0.weight", W): state-dict names."""
-        return [(f"{name}.{k}" if name else k, p)
-                for name, m in self.named_modules(prefix) for k, p in m._parameters.items()
-                if p is not None]
+        return self._named_tensors("_parameters", prefix, remove_duplicate)
 
     def parameters(self) -> list[Parameter]:
         """Every learnable parameter of this module and its descendants (what optimizers take)."""
         return [p for _, p in self.named_parameters()]
 
-    def named_buffers(self, prefix: str = "") -> list[tuple[str, Tensor]]:
+    def named_buffers(self, prefix: str = "", remove_duplicate: bool = True
+                      ) -> list[tuple[str, Tensor]]:
         """(dotted name, buffer) for every buffer, e.g. ("1.running_mean", ...)."""
-        return [(f"{name}.{k}" if name else k, b)
-                for name, m in self.named_modules(prefix) for k, b in m._buffers.items()
-                if b is not None]
+        return self._named_tensors("_buffers", prefix, remove_duplicate)
 
     def buffers(self) -> list[Tensor]:
         """Every buffer (saved, not learned: running statistics) of this module and below."""
         return [b for _, b in self.named_buffers()]
+
+    def _named_tensors(self, table, prefix, remove_duplicate):
+        out, seen = [], set()
+        for name, m in self.named_modules(prefix, remove_duplicate):
+            for k, t in getattr(m, table).items():
+                if t is None or (remove_duplicate and id(t) in seen):
+                    continue
+                seen.add(id(t))
+                out.append((f"{name}.{k}" if name else k, t))
+        return out
 
     # ---- modes and gradients ----
     def train(self, mode: bool = True) -> Module:
@@ -164,14 +190,19 @@ class Module:
     def _named_state(self):
         # Module by module, parameters then buffers: the order of PyTorch's state_dict.
         return [(f"{name}.{k}" if name else k, t)
-                for name, m in self.named_modules()
+                for name, m in self.named_modules(remove_duplicate=False)
                 for k, t in list(m._parameters.items()) + list(m._buffers.items())
                 if t is not None]
 
     def load_state_dict(self, state: Mapping[str, Any], strict: bool = True) -> Module:
         """Copy arrays (or anything np.asarray accepts, e.g. torch tensors) into this module."""
         own = OrderedDict(self._named_state())
-        missing = [k for k in own if k not in state]
+        # State a module can do without (BatchNorm's num_batches_tracked, absent from older
+        # state dicts): if missing it keeps its value, as in PyTorch.
+        optional = {f"{name}.{k}" if name else k
+                    for name, m in self.named_modules(remove_duplicate=False)
+                    for k in type(m).optional_state}
+        missing = [k for k in own if k not in state and k not in optional]
         unexpected = [k for k in state if k not in own]
         if strict and (missing or unexpected):
             raise KeyError(f"load_state_dict: missing keys {missing}, unexpected keys {unexpected}")

@@ -35,6 +35,9 @@ ROUNDED = {
     # -g x / y², computed as Σ(g x) / (y · -y) for a broadcast y, and (g x / y) / -y otherwise,
     # so that y² cannot overflow
     ("div", 1): "the derivative's order of operations (_div_vjp_y)",
+    # Σ g·y for a broadcast factor above 8,192 elements: einsum, without the product array
+    ("mul", 0): "einsum's summation order (mul_sum_to)",
+    ("mul", 1): "einsum's summation order (mul_sum_to)",
 }
 
 # Awkward calls beyond the samples: 0-d tensors, broadcasting both ways, reductions over no axis.
@@ -268,7 +271,7 @@ def test_div_derivative_for_y_does_not_overflow_where_the_textbook_does():
     x, y, g = np.full((2, 3), 1e300), np.full((2, 3), 1e200), np.ones((2, 3))
     assert (ops.DIV.vjps[1](g, None, x, y) == 0).all()
     np.testing.assert_allclose(k.vjps[1](g, None, x, y), -1e-100, rtol=1e-15)
-    yb = np.full((1, 3), 1e200)  # the broadcast branch: Σ g x first, then one division
+    yb = np.full((1, 3), 1e200)  # the broadcast branch: Σ g x first, then two divisions
     np.testing.assert_allclose(kernels.sum_to(k.vjps[1](g, None, x, yb), (1, 3)), -2e-100,
                                rtol=1e-15)
 

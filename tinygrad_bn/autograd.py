@@ -175,25 +175,53 @@ def record(op, inputs, attrs, out):
 
 
 def _saved_versions(node):
-    """The versions of the arrays ``node`` saved (inputs it reads, then its output)."""
-    arrays = [a.data for a, r in zip(node.args, node.op.reads_inputs) if r]
+    """The versions of the arrays ``node`` saved (inputs it reads, then its output), then how
+    often each input tensor it reads was given a new node by a recorded in-place op."""
+    inputs = [a for a, r in zip(node.args, node.op.reads_inputs) if r]
+    arrays = [a.data for a in inputs]
     if node.out is not None:
         arrays.append(node.out)
-    return tuple(dispatch.version(a) for a in arrays)
+    return tuple([dispatch.version(a) for a in arrays] + [dispatch.rebinds(a) for a in inputs])
 
 
 def _check_versions(node):
-    """Refuse to differentiate with arrays written in place since ``node`` saved them."""
+    """Refuse to differentiate with arrays written in place since ``node`` saved them, if a
+    rule that will run reads them (as PyTorch: x * w with a constant x saves only x), or with
+    an input that a recorded in-place op has given a new node since (``node`` reaches that
+    input through the tensor, whose node is now another one)."""
     now = _saved_versions(node)
     before = node.versions or (0,) * len(now)
-    if now != before:
-        k = next(k for k, (a, b) in enumerate(zip(before, now)) if a != b)
-        saved = [f"input {i}" for i, r in enumerate(node.op.reads_inputs) if r] + ["its output"]
+    if now == before:
+        return
+    saved = [f"input {i}" for i, r in enumerate(node.op.reads_inputs) if r]
+    n_arrays = len(now) - len(saved)
+    for k in range(n_arrays, len(now)):
+        if now[k] != before[k]:
+            raise RuntimeError(
+                f"{saved[k - n_arrays]} of '{node.op.name}' (shape {node.shape}) was changed by "
+                f"an in-place operation recorded after '{node.op.name}' read it, so its gradient "
+                f"would go to the new operation instead. Do the in-place operation on a copy "
+                f"(x = x.clone()), or after backward()")
+    needed = _needed_saved(node)
+    changed = [k for k in range(n_arrays) if now[k] != before[k] and needed[k]]
+    if changed:
+        k = changed[0]
+        saved.append("its output")
         raise RuntimeError(
             f"one of the arrays needed for gradient computation has been modified by an "
             f"in-place operation: {saved[k]} of '{node.op.name}' (shape {node.shape}) was at "
             f"version {before[k]} when recorded and is now at version {now[k]}. Do the in-place "
             f"update after backward(), or update a copy (x = x.clone()) instead")
+
+
+def _needed_saved(node):
+    """Per array of ``_saved_versions(node)``: whether a rule that backward will run reads it
+    (the rules of inputs that need a gradient; the output whenever the op reads it)."""
+    runs = [_parent(a).requires_grad for a in node.args]
+    rule_reads = dispatch.kernel(node.op).vjp_reads  # per rule, per input
+    needed = [any(run and reads[i] for run, reads in zip(runs, rule_reads))
+              for i, r in enumerate(node.op.reads_inputs) if r]
+    return needed + [node.op.reads_out]
 
 
 _SHAPES = {}
@@ -280,7 +308,9 @@ def backward(root, grad, retain_graph=False, create_graph=False, inputs=None):
 def _backward(root, grad, retain_graph, create_graph, inputs, wrap):
     order = toposort(root)
     dispatch.backward_started(order, create_graph)
-    grads = {order[-1]: grad}
+    # The root's gradient goes to the root's vertex, not to the last one in creation order:
+    # a recorded in-place op on an input a node read makes a parent newer than that node.
+    grads = {root._ctx or root: grad}
     found = {} if inputs is not None else None
     # Arrays stored in some .grad during this pass: never stored twice (no two gradients share
     # memory); the caller's gradient counts as one, so a leaf gets a copy of it.

@@ -219,6 +219,33 @@ _PRUNE_AT = [1024]
 
 
 def _prune():
-    for key in [k for k, (ref, _) in _VERSIONS.items() if ref() is None]:
-        del _VERSIONS[key]
-    _PRUNE_AT[0] = max(1024, 2 * len(_VERSIONS))
+    for table in (_VERSIONS, _REBINDS):
+        for key in [k for k, (ref, _) in table.items() if ref() is None]:
+            del table[key]
+    _PRUNE_AT[0] = max(1024, 2 * len(_VERSIONS), 2 * len(_REBINDS))
+
+
+# id(tensor) -> (weak reference to it, count): tensors that a recorded in-place op gave a new
+# node. A node that read such a tensor before reaches it through the tensor, so it would send
+# its gradient to the new node: backward refuses instead. A rebind always comes with a write,
+# so has_versions() is true whenever this table is not empty.
+_REBINDS = {}
+
+
+def rebinds(t):
+    """How often a recorded in-place op gave tensor ``t`` a new node (``rebind``)."""
+    if not _REBINDS:
+        return 0
+    entry = _REBINDS.get(id(t))
+    return 0 if entry is None or entry[0]() is not t else entry[1]
+
+
+def rebind(t):
+    """Count that a recorded in-place op gave tensor ``t`` a new node."""
+    entry = _REBINDS.get(id(t))
+    if entry is None or entry[0]() is not t:
+        if len(_REBINDS) >= _PRUNE_AT[0]:
+            _prune()
+        _REBINDS[id(t)] = (weakref.ref(t), 1)
+    else:
+        _REBINDS[id(t)] = (entry[0], entry[1] + 1)

@@ -627,3 +627,39 @@ def test_backward_with_inputs_returns_gradients_without_touching_grad():
     loss.backward()  # the graph was retained: .grad is filled now, with the same numbers
     np.testing.assert_allclose(x.grad.data, gx.numpy(), rtol=1e-13)
 
+
+
+# ---- state loaded or steps taken between forward and backward ----
+
+def _load_state_between(lib):
+    bn = nn.BatchNorm1d(3).double() if lib.ours else torch.nn.BatchNorm1d(3).double()
+    state = {k: np.array(v if lib.ours else v.numpy()) for k, v in bn.state_dict().items()}
+    state["weight"] = np.array([2.0, -1.0, 0.5])
+    bn.load_state_dict(state if lib.ours else {k: torch.tensor(v) for k, v in state.items()})
+    x = lib.tensor(np.vstack([A, B]), requires_grad=True)
+    y = bn(x)  # γ·x̂: mul saves the weight tensor itself
+    state["weight"] = state["weight"] * 3
+    bn.load_state_dict(state if lib.ours else {k: torch.tensor(v) for k, v in state.items()})
+    lib.backward(y, np.vstack([UP, UP[::-1]]))
+    return grad(x)
+
+
+def test_loading_a_state_between_forward_and_backward_raises_as_torch():
+    # load_state_dict gives the parameters new arrays; batch norm's γ·x̂ reaches γ through the
+    # tensor, so it would differentiate with the new γ (found: silently 3x the gradient)
+    message = assert_same_as_torch(_load_state_between, ("mul",))
+    assert isinstance(message, str) and "load_state_dict" in message
+
+
+def _step_without_gradients_between(lib):
+    x, w = lib.tensor(A, requires_grad=True), lib.tensor(B.T, requires_grad=True)
+    v = lib.tensor(ROW, requires_grad=True)
+    opt = lib.sgd([w, v], lr=0.1, momentum=0.9)
+    loss = ((x @ w) ** 2).sum()
+    opt.step()  # no parameter has a gradient yet: nothing is written
+    lib.backward(loss)
+    return grad(x), grad(w), value(w)
+
+
+def test_a_step_that_changes_nothing_does_not_invalidate_the_graph():
+    assert not isinstance(assert_same_as_torch(_step_without_gradients_between), str)

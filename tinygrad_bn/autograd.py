@@ -198,10 +198,10 @@ def _check_versions(node):
     for k in range(n_arrays, len(now)):
         if now[k] != before[k]:
             raise RuntimeError(
-                f"{saved[k - n_arrays]} of '{node.op.name}' (shape {node.shape}) was changed by "
-                f"an in-place operation recorded after '{node.op.name}' read it, so its gradient "
-                f"would go to the new operation instead. Do the in-place operation on a copy "
-                f"(x = x.clone()), or after backward()")
+                f"{saved[k - n_arrays]} of '{node.op.name}' (shape {node.shape}) was changed "
+                f"after '{node.op.name}' read it, by a recorded in-place operation (its gradient "
+                f"would go to that operation) or by load_state_dict (new arrays). Do the "
+                f"in-place operation on a copy (x = x.clone()), or either after backward()")
     needed = _needed_saved(node)
     changed = [k for k in range(n_arrays) if now[k] != before[k] and needed[k]]
     if changed:

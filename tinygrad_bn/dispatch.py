@@ -129,10 +129,12 @@ def run(fn, *args, **kwargs):
 
 def update(fn, written, *args):
     """An in-place update: ``fn(*args)`` writes into the arrays of the tensors ``written``
-    (in-place ops, optimizer steps, running statistics); their versions go up by one."""
+    (in-place ops, optimizer steps, running statistics); their versions go up by one, unless
+    ``fn`` returns False (it wrote nothing)."""
     result = run(fn, *args)
-    for t in written:
-        bump(t.data)
+    if result is not False:  # False: fn wrote nothing (a step without gradients)
+        for t in written:
+            bump(t.data)
     return result
 
 
@@ -186,8 +188,8 @@ def _owner(a):
 
 
 def has_versions():
-    """Whether any array was written in place (else every version is 0)."""
-    return bool(_VERSIONS)
+    """Whether any array was written in place or any tensor rebound (else all are at 0)."""
+    return bool(_VERSIONS) or bool(_REBINDS)
 
 
 def version(a):
@@ -226,14 +228,14 @@ def _prune():
 
 
 # id(tensor) -> (weak reference to it, count): tensors that a recorded in-place op gave a new
-# node. A node that read such a tensor before reaches it through the tensor, so it would send
-# its gradient to the new node: backward refuses instead. A rebind always comes with a write,
-# so has_versions() is true whenever this table is not empty.
+# node, or load_state_dict a new array. A node that read such a tensor before reaches it
+# through the tensor, so it would send its gradient to the new node or differentiate with the
+# new values: backward refuses instead.
 _REBINDS = {}
 
 
 def rebinds(t):
-    """How often a recorded in-place op gave tensor ``t`` a new node (``rebind``)."""
+    """How often tensor ``t`` got a new node or a new array (``rebind``)."""
     if not _REBINDS:
         return 0
     entry = _REBINDS.get(id(t))
@@ -241,7 +243,7 @@ def rebinds(t):
 
 
 def rebind(t):
-    """Count that a recorded in-place op gave tensor ``t`` a new node."""
+    """Count that tensor ``t`` got a new node (a recorded in-place op) or a new array."""
     entry = _REBINDS.get(id(t))
     if entry is None or entry[0]() is not t:
         if len(_REBINDS) >= _PRUNE_AT[0]:

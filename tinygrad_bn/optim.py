@@ -32,8 +32,10 @@ class Optimizer:
 
     def _update_at(self, i):
         p = self.params[i]
-        if p.grad is not None:
-            self._update(p, p.grad.data, self.state[i])
+        if p.grad is None:
+            return False  # nothing written: the parameter's version stays (as torch)
+        self._update(p, p.grad.data, self.state[i])
+        return True
 
     def _update(self, p, grad, state):
         raise NotImplementedError

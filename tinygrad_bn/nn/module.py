@@ -6,7 +6,7 @@ from collections import OrderedDict
 import numpy as np
 
 from ..autograd import enter_scope, exit_scope
-from ..dispatch import run
+from ..dispatch import rebind, run
 from ..tensor import Tensor
 
 # Every tensor some Module holds as a parameter or buffer, by id (held weakly): layers above
@@ -175,6 +175,7 @@ class Module:
         for name, arr in arrays.items():
             t = own[name]
             t.data = np.array(arr, dtype=t.data.dtype)
+            rebind(t)  # a graph that read t must not differentiate with the new values
         return self
 
     def save(self, path):

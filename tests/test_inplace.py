@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from conftest import torch_or_skip
 
-from tinygrad_bn import Tensor, autograd, nn, no_grad, optim
+from tinygrad_bn import Tensor, autograd, jit, nn, no_grad, optim
+from tinygrad_bn.nn import functional as F
 
 torch = torch_or_skip()
 
@@ -663,3 +664,97 @@ def _step_without_gradients_between(lib):
 
 def test_a_step_that_changes_nothing_does_not_invalidate_the_graph():
     assert not isinstance(assert_same_as_torch(_step_without_gradients_between), str)
+
+
+# ---- the jit replaying steps with in-place ops ----
+
+def _mlp(seed):
+    rng = np.random.default_rng(seed)
+    model = nn.Sequential(nn.Linear(3, 5), nn.BatchNorm1d(5), nn.ReLU(), nn.Linear(5, 2)).double()
+    model.load_state_dict({k: rng.standard_normal(np.shape(v)) if not k.endswith("tracked")
+                           else v for k, v in model.state_dict().items()} | {
+        "1.running_var": np.ones(5)})
+    return model
+
+
+def _jit_pair(make_step):
+    eager_model, jit_model = _mlp(0), _mlp(0)
+    return (eager_model, make_step(eager_model)), (jit_model, jit(make_step(jit_model)))
+
+
+def _batches(n):
+    rng = np.random.default_rng(1)
+    return [(rng.standard_normal((6, 3)), rng.integers(0, 2, 6)) for _ in range(n)]
+
+
+def _assert_replays_like_eager(make_step):
+    (em, eager), (jm, step) = _jit_pair(make_step)
+    for x, y in _batches(6):
+        assert eager(Tensor(x), y).item() == step(Tensor(x), y).item()
+        for (name, a), b in zip(em.state_dict().items(), jm.state_dict().values()):
+            assert np.array_equal(a, b), name
+        for p, q in zip(em.parameters(), jm.parameters()):
+            assert np.array_equal(p.grad.data, q.grad.data)
+    assert step.replays >= 3
+
+
+def test_jit_replays_a_manual_update_with_numbers_in_place():
+    # p -= lr * p.grad, p.mul_(0.99), p.add_(g, alpha=np.float64(...)), g.zero_(): numbers are
+    # handed to numpy as values, so a replay compares them instead of refusing a cached array
+    def make_step(model):
+        opt = optim.SGD(model.parameters(), lr=0.0)  # only for zero_grad
+
+        def step(x, y):
+            opt.zero_grad()
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            with no_grad():
+                for p in model.parameters():
+                    p -= 0.1 * p.grad
+                    p.mul_(0.99)
+                    p.add_(p.grad, alpha=np.float64(-0.01))
+                    p.grad.div_(2)
+            return loss
+        return step
+    _assert_replays_like_eager(make_step)
+
+
+def test_jit_replays_recorded_in_place_ops_on_intermediates():
+    # h.mul_(0.5); h += 1 on the logits: the copy of the old values runs through the seam
+    def make_step(model):
+        opt = optim.Adam(model.parameters(), lr=0.01)
+
+        def step(x, y):
+            opt.zero_grad()
+            h = model(x)
+            h.mul_(0.5)
+            h += 1
+            loss = F.cross_entropy(h, y)
+            loss.backward()
+            opt.step()
+            return loss
+        return step
+    _assert_replays_like_eager(make_step)
+
+
+@pytest.mark.xfail(strict=True, reason="a replay writes parameters without counting versions: "
+                   "needs the jit to bump what the tape's updates wrote (see the seamtest report)")
+def test_a_replayed_step_invalidates_graphs_made_outside_it():
+    model = _mlp(0)
+    opt = optim.SGD(model.parameters(), lr=0.1)
+
+    def train(x, y):
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+    step = jit(train)
+    data = _batches(5)
+    for x, y in data[:4]:
+        step(Tensor(x), y)
+    assert step.replays >= 1
+    outside = F.cross_entropy(model(Tensor(data[4][0])), data[4][1])  # saves the weights
+    step(Tensor(data[0][0]), data[0][1])  # a replay changes them
+    with pytest.raises(RuntimeError, match="in-place"):
+        outside.backward()

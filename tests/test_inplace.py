@@ -758,3 +758,42 @@ def test_a_replayed_step_invalidates_graphs_made_outside_it():
     step(Tensor(data[0][0]), data[0][1])  # a replay changes them
     with pytest.raises(RuntimeError, match="in-place"):
         outside.backward()
+
+
+# ---- operands: a value that requires grad, shapes that do not fit ----
+
+@pytest.mark.parametrize("target", ["plain", "non-leaf"])
+def test_fill_with_a_tensor_that_requires_grad_passes_its_gradient(target):
+    # found: on a tensor without a graph, fill_(v) dropped v's gradient silently
+    def scenario(lib):
+        x = lib.tensor(A, requires_grad=True)
+        y = lib.tensor(np.zeros((2, 3))) if target == "plain" else x * 2
+        v = lib.tensor(np.array(1.5), requires_grad=True)
+        y.fill_(v)
+        lib.backward((y * lib.tensor(UP)).sum() + (x * x).sum())
+        return value(y), grad(v), grad(x)
+    assert_same_as_torch(scenario)
+
+
+OP_NAMES = {"+=": "add", "-=": "sub", "*=": "mul", "/=": "div", "add_": "add", "add_1": "add",
+            "sub_": "sub", "mul_": "mul", "div_": "div", "fill_": "fill_", "copy_": "copy_"}
+
+
+@pytest.mark.parametrize("method", sorted(OP_NAMES))
+@pytest.mark.parametrize("recorded", [False, True])
+def test_an_operand_that_does_not_broadcast_to_the_target_raises(method, recorded):
+    # found: numpy's ValueError, not naming the op, for s += t with t larger than s
+    def scenario(lib):
+        x = lib.tensor(np.array(1.5), requires_grad=recorded)
+        s = x * 1 if recorded else x
+        before = value(s)
+        with pytest.raises(RuntimeError) as e:
+            if method == "fill_":
+                s.fill_(lib.tensor(ROW))
+            else:
+                _apply(s, method, lib.tensor(ROW))
+        np.testing.assert_array_equal(value(s), before)  # nothing written
+        return str(e.value)
+    message = scenario(Lib("ours"))
+    scenario(Lib("torch"))
+    assert f"in-place {OP_NAMES[method]}" in message and "(3,)" in message, message

@@ -319,12 +319,16 @@ class Tensor:
         number = other.item() if isinstance(other, np.generic) else other
         number = number if type(number) in (int, float) else None
         other = _const(other, self)
-        if op is ops.EXPAND or op is None:  # copy_ / fill_: the result is other, broadcast
-            if np.broadcast_shapes(other.shape, self.shape) != self.shape:
-                raise RuntimeError(f"{name}: the source of shape {other.shape} does not "
-                                   f"broadcast to {self.shape}")
-        grad = autograd.is_grad_enabled() and (self.requires_grad or
-                                               (op is not None and other.requires_grad))
+        try:  # the result is written into self: it must keep self's shape
+            fits = np.broadcast_shapes(other.shape, self.shape) == self.shape
+        except ValueError:
+            fits = False
+        if not fits:
+            raise RuntimeError(f"in-place {name}: the operand of shape {other.shape} does not "
+                               f"broadcast to the shape {self.shape} of the tensor written; "
+                               f"use the out-of-place form (x = x + y)")
+        # fill_(v) and copy_(v) pass v's gradient on, as any other operand's
+        grad = autograd.is_grad_enabled() and (self.requires_grad or other.requires_grad)
         if grad and self._ctx is None and self.requires_grad:
             raise RuntimeError("a leaf tensor that requires grad is being used in an in-place "
                                "operation; update it inside `with no_grad():` (as an optimizer "

@@ -318,6 +318,17 @@ def _in_place_on_the_root(lib):
     return value(y), grad(x)
 
 
+def _cloned_then_changed(lib):
+    # the reason to clone: the copy keeps the old values and its own gradient path
+    x = lib.tensor(A, requires_grad=True)
+    y = x.sigmoid() * 1
+    c = y.clone()
+    y.mul_(3)
+    y.add_(c)
+    lib.backward((c * c).sum() + (y * lib.tensor(UP)).sum())
+    return value(c), value(y), grad(x)
+
+
 def _constant_times_a_parameter_updated(lib):
     # x * w with a constant x: only w's rule runs, and it reads x, not w (torch saves only x)
     x, w = lib.tensor(A), lib.tensor(B, requires_grad=True)
@@ -384,6 +395,7 @@ def _update_after_backward(lib):
 @pytest.mark.parametrize("scenario", [_no_saved_value_changed,
                                       _retain_graph_update_of_an_unsaved_leaf,
                                       _constant_times_a_parameter_updated,
+                                      _cloned_then_changed,
                                       _update_after_backward],
                          ids=lambda f: f.__name__)
 def test_no_error_where_torch_has_none(scenario):

@@ -305,7 +305,9 @@ class Tensor:
 
     def clone(self):
         """A copy with its own memory; gradients flow back to ``self``."""
-        return self * 1
+        # A cast, not self * 1: it saves nothing of self, so self may be changed in place
+        # afterwards (the reason to clone), as in PyTorch.
+        return _cast(self, self.dtype)
 
     def _inplace(self, op, other):
         name = op.name if op is not None and op is not ops.EXPAND else \
@@ -342,10 +344,10 @@ class Tensor:
                                f"gradients is not supported: the viewed tensor's graph would "
                                f"not see it. Work on a copy (v = v.clone()), or do it under "
                                f"no_grad()")
+        if not self.data.flags.writeable:
+            raise RuntimeError(f"in-place {name} on a read-only array of shape {self.shape} "
+                               f"(a broadcast view?); use a copy (x.clone())")
         if not grad:
-            if not self.data.flags.writeable:
-                raise RuntimeError(f"in-place operation on a read-only array of shape "
-                                   f"{self.shape} (a broadcast view?); use a copy (x.clone())")
             fn = _INPLACE.get(op, _copy_into)
             try:
                 dispatch.update(fn, (self,), self.data,

@@ -809,3 +809,57 @@ def test_an_operand_that_does_not_broadcast_to_the_target_raises(method, recorde
     message = scenario(Lib("ours"))
     scenario(Lib("torch"))
     assert f"in-place {OP_NAMES[method]}" in message and "(3,)" in message, message
+
+
+# ---- in-place and higher-order gradients (create_graph) ----
+
+def _grad_scaled_under_no_grad(lib):
+    x = lib.tensor(A, requires_grad=True)
+    lib.backward((x.sigmoid() * x).sum(), create_graph=True, retain_graph=True)
+    g = x.grad
+    with lib.no_grad():
+        g.mul_(2)
+    x.grad = None
+    lib.backward(g.sum())
+    return grad(x)
+
+
+def _grad_added_to_in_place(lib):
+    x = lib.tensor(A, requires_grad=True)
+    lib.backward((x.tanh() ** 2).sum(), create_graph=True, retain_graph=True)
+    g = x.grad
+    x.grad = None
+    g.add_(x)  # recorded: g is a non-leaf of the backward graph
+    lib.backward((g * g).sum())
+    return value(g), grad(x)
+
+
+def _zero_dimensional_chain(lib):
+    s = lib.tensor(np.array(2.0), requires_grad=True)
+    t = s * s
+    t.mul_(s)
+    t.div_(s + 1)
+    lib.backward(t, create_graph=True, retain_graph=True)
+    g = s.grad
+    s.grad = None
+    lib.backward(g)
+    return value(t), value(g), grad(s)
+
+
+@pytest.mark.parametrize("scenario", [_grad_scaled_under_no_grad, _grad_added_to_in_place,
+                                      _zero_dimensional_chain], ids=lambda f: f.__name__)
+def test_in_place_on_gradients_of_a_recorded_backward(scenario):
+    assert not isinstance(assert_same_as_torch(scenario), str)
+
+
+def test_a_leaf_changed_between_first_and_second_order_raises():
+    def scenario(lib):
+        x = lib.tensor(A, requires_grad=True)
+        lib.backward((x * x * x).sum(), create_graph=True, retain_graph=True)
+        g = x.grad
+        x.grad = None
+        with lib.no_grad():
+            x.mul_(2)  # the first-order graph read x
+        lib.backward(g.sum())
+        return grad(x)
+    assert isinstance(assert_same_as_torch(scenario, ("mul",)), str)

@@ -129,13 +129,10 @@ def run(fn, *args, **kwargs):
 
 def update(fn, written, *args):
     """An in-place update: ``fn(*args)`` writes into the arrays of the tensors ``written``
-    (in-place ops, optimizer steps, running statistics); their versions go up by one, unless
-    ``fn`` returns False (it wrote nothing)."""
-    result = run(fn, *args)
-    if result is not False:  # False: fn wrote nothing (a step without gradients)
-        for t in written:
-            bump(t.data)
-    return result
+    (in-place ops, optimizer steps, running statistics). ``fn`` counts each write itself
+    (``bump``): a jit replay calls ``fn`` without this function, and the versions must still
+    go up, or a graph made outside the step would differentiate with the new values."""
+    return run(fn, *args)
 
 
 def read(what):

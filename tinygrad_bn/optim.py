@@ -32,10 +32,9 @@ class Optimizer:
 
     def _update_at(self, i):
         p = self.params[i]
-        if p.grad is None:
-            return False  # nothing written: the parameter's version stays (as torch)
-        self._update(p, p.grad.data, self.state[i])
-        return True
+        if p.grad is not None:  # else nothing is written and the version stays (as torch)
+            self._update(p, p.grad.data, self.state[i])
+            dispatch.bump(p.data)  # counted here, so a jit replay of the step counts it too
 
     def _update(self, p, grad, state):
         raise NotImplementedError

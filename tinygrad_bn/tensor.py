@@ -508,17 +508,26 @@ def _apply(op, *inputs, **attrs):
 apply_op = _apply  # for layers above the core (distributed's all_reduce)
 
 
+# The writers of in-place updates count their own write (dispatch.bump): a jit replay calls
+# them without the seam's update(), and a graph made outside the step must still see it.
 def _copy_into(dst, src):
     np.copyto(dst, src, casting="same_kind")
+    dispatch.bump(dst)
+
+
+def _write_with(ufunc):
+    def write(a, b):
+        ufunc(a, b, out=a)
+        dispatch.bump(a)
+    write.__name__ = f"{ufunc.__name__}_in_place"
+    return write
 
 
 # Ops whose result is a view of their input's memory (when numpy can make one).
 _VIEW_OPS = (ops.GETITEM, ops.RESHAPE, ops.TRANSPOSE, ops.EXPAND)
 
-_INPLACE = {ops.ADD: lambda a, b: np.add(a, b, out=a),
-            ops.SUB: lambda a, b: np.subtract(a, b, out=a),
-            ops.MUL: lambda a, b: np.multiply(a, b, out=a),
-            ops.DIV: lambda a, b: np.true_divide(a, b, out=a)}
+_INPLACE = {ops.ADD: _write_with(np.add), ops.SUB: _write_with(np.subtract),
+            ops.MUL: _write_with(np.multiply), ops.DIV: _write_with(np.true_divide)}
 
 
 def _cast(t, dtype):

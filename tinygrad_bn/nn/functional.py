@@ -4,7 +4,7 @@
 """
 import numpy as np
 
-from ..dispatch import run, update
+from ..dispatch import bump, run, update
 from ..tensor import Tensor
 
 
@@ -79,6 +79,9 @@ def _update_running(running_mean, running_var, mu, var, m, momentum):
     if running_var is not None:
         running_var.data *= 1 - momentum
         running_var.data += (momentum * m / (m - 1)) * var.reshape(-1)  # unbiased: m / (m - 1)
+    for t in (running_mean, running_var):  # counted here, so a jit replay counts them too
+        if t is not None:
+            bump(t.data)
 
 
 def linear(x, weight, bias=None):

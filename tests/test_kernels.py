@@ -40,6 +40,12 @@ ROUNDED = {
     ("mul", 1): "einsum's summation order (mul_sum_to)",
 }
 
+# A kernel that deliberately differs from its textbook rule is compared with this form instead
+# (and with the textbook where they agree, in its own test below): relu's rule is PyTorch's
+# threshold, 0 where the input was <= 0, where the textbook's g · mask gives NaN for an infinite
+# g and -0.0 for a negative one.
+REFERENCE = {("relu", 0): lambda g, out, x: np.where(~(out <= 0), g, np.zeros((), g.dtype))}
+
 # Awkward calls beyond the samples: 0-d tensors, broadcasting both ways, reductions over no axis.
 EXTRA = {
     "sub": [(lambda x, y: x - y, [(), (2, 3)]), (lambda x, y: x - y, [(2, 1, 3), (4, 1)]),
@@ -254,6 +260,7 @@ def test_derivatives_equal_the_textbook(op, dtype, rng):
                     for i, (fast, rule) in enumerate(zip(k.vjps, op.vjps)):
                         if fast is rule:
                             continue
+                        rule = REFERENCE.get((op.name, i), rule)
                         what = f"{op.name} d/d input {i}, {layout}, g {kind}, special={special}"
                         got = _engine_gradient(fast(g, out, *xs, **attrs), xs[i].shape)
                         want = _engine_gradient(rule(g, out, *xs, **attrs), xs[i].shape)
@@ -316,7 +323,8 @@ def test_vjps_into_equal_the_textbook_rule(op, dtype, rng):
                     for i, (into, reads) in enumerate(zip(k.vjps_into, k.vjp_reads)):
                         if into is None:
                             continue
-                        want = np.asarray(op.vjps[i](g, out, *xs, **attrs))
+                        rule = REFERENCE.get((op.name, i), op.vjps[i])
+                        want = np.asarray(rule(g, out, *xs, **attrs))
                         # into g (if it is writeable: a broadcast view never is) or an input
                         # the rule reads, where the shape and dtype fit
                         for j in [-1] + [j for j, r in enumerate(reads) if r]:
@@ -405,3 +413,38 @@ def test_the_import_parser_sees_relative_imports():
     src = PACKAGE / "nn" / "functional.py"
     assert "tinygrad_bn.tensor" in _imports(src) and "tinygrad_bn.dispatch" in _imports(src)
     assert "tinygrad_bn.jit" in _imports(PACKAGE / "__init__.py")
+
+
+# ---- relu's rule: PyTorch's threshold, not the textbook's product, at masked entries ----
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_relu_rule_gives_zero_where_the_input_was_not_positive(dtype, rng):
+    # The textbook's g · [out > 0] makes inf · 0 = NaN (and -0.0 for a negative g) where the
+    # input was <= 0; PyTorch's threshold_backward gives 0 there, and so must the kernel (the
+    # one the eager pass and the jit run). Elsewhere both are g, bit for bit.
+    k = dispatch.kernel(ops.RELU)
+    for shape in [(), (7,), (3, 130), (2, 64)]:
+        x = _spoil(np.asarray(rng.standard_normal(shape), dtype), rng)
+        out = k.forward(x)
+        for special in (False, True):
+            g = _gradient(shape, dtype, rng, special, "C")
+            got = np.asarray(k.vjps[0](g, out, x))
+            keep = ~(out <= 0)
+            want = np.where(keep, g, np.zeros((), dtype))
+            _assert_same(got, want, f"relu rule {shape} special={special}")
+            textbook = np.asarray(ops.RELU.vjps[0](g, out, x))
+            _assert_same(got[keep], textbook[keep], "relu rule where the input was > 0")
+            if k.vjps_into[0] is not None and np.ndim(g):
+                gg = g.copy()
+                _assert_same(k.vjps_into[0](gg, gg, out, x), want, "relu rule into g")
+
+
+def test_relu_rule_matches_torch_for_infinite_and_nan_gradients():
+    torch = pytest.importorskip("torch")
+    x = np.array([-1.0, 0.0, -0.0, 2.0, np.nan, 3.0])
+    g = np.array([np.inf, -np.inf, np.nan, np.inf, 1.0, np.nan])
+    t = Tensor(x, requires_grad=True)
+    t.relu().backward(g)
+    tx = torch.tensor(x, requires_grad=True)
+    torch.relu(tx).backward(torch.tensor(g))
+    np.testing.assert_array_equal(t.grad.data, tx.grad.numpy())

@@ -864,3 +864,37 @@ def test_a_leaf_changed_between_first_and_second_order_raises():
         lib.backward(g.sum())
         return grad(x)
     assert isinstance(assert_same_as_torch(scenario, ("mul",)), str)
+
+
+# ---- detach() shares memory (and versions) with the tensor it came from ----
+
+def _detached_copy_multiplied_by_a_parameter(lib):
+    x, w = lib.tensor(A, requires_grad=True), lib.tensor(B, requires_grad=True)
+    y = x.exp() * 1
+    d = y.detach()
+    d.mul_(w)  # recorded on d; y shows the new values, its graph is its own
+    lib.backward((y * lib.tensor(UP)).sum() + (d * d).sum())
+    return value(y), grad(x), grad(w)
+
+
+def _detached_leaf_changed_before_use(lib):
+    x = lib.tensor(A, requires_grad=True)
+    d = x.detach()
+    d.add_(1)  # x's values change before anything reads them
+    lib.backward((x * x).sum())
+    return value(x), grad(x)
+
+
+def _detached_leaf_changed_after_use(lib):
+    x = lib.tensor(A, requires_grad=True)
+    y = x * x
+    x.detach().add_(1)
+    lib.backward(y.sum())
+    return grad(x)
+
+
+@pytest.mark.parametrize("scenario", [_detached_copy_multiplied_by_a_parameter,
+                                      _detached_leaf_changed_before_use,
+                                      _detached_leaf_changed_after_use], ids=lambda f: f.__name__)
+def test_detach_then_in_place_as_torch(scenario):
+    assert_same_as_torch(scenario, ("mul",))

@@ -847,6 +847,7 @@ def _zero_dimensional_chain(lib):
     return value(t), value(g), grad(s)
 
 
+@pytest.mark.filterwarnings("ignore:Using backward\\(\\) with create_graph=True")
 @pytest.mark.parametrize("scenario", [_grad_scaled_under_no_grad, _grad_added_to_in_place,
                                       _zero_dimensional_chain], ids=lambda f: f.__name__)
 def test_in_place_on_gradients_of_a_recorded_backward(scenario):

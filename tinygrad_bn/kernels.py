@@ -292,19 +292,16 @@ def _relu_vjp(g, out, x):
     # g where out > 0, else 0, as PyTorch's threshold_backward. Not the textbook's g · mask
     # bit for bit where the input was <= 0: an infinite or NaN g gives 0 there (not NaN), and
     # a negative g gives +0 (not -0.0). Elsewhere it is g itself.
-    return np.where(_relu_keep(out), g, _ZERO[g.dtype])
+    return np.where(_relu_keep(out), g, g.dtype.type(0))
 
 
 def _relu_vjp_into(dst, g, out, x):
     drop = np.less_equal(out, 0)
     if dst is not g:
         np.copyto(dst, g)
-    np.copyto(dst, _ZERO[dst.dtype], where=drop)
+    np.copyto(dst, dst.dtype.type(0), where=drop)
     return dst
 
-
-_ZERO = {np.dtype(np.float32): np.float32(0), np.dtype(np.float64): np.float64(0),
-         np.dtype(np.float16): np.float16(0)}
 
 
 def _sigmoid(x):

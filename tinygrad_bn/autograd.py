@@ -176,15 +176,31 @@ def record(op, inputs, attrs, out):
 
 
 def _check_saved(node):
-    """Refuse to differentiate with an array ``node`` saved that was written in place since."""
+    """Refuse to differentiate with an array ``node`` saved that was written in place since,
+    if a rule that will run reads it (as PyTorch: x * w with a constant x saves only x), or
+    with an input tensor that got a new node or array since (``node`` reaches its inputs
+    through the tensors)."""
     written_since, epoch, args = dispatch.written_since, node.epoch, node.args
     reads = node.op.reads_inputs
-    if reads[0] and written_since(args[0].data, epoch):
-        _refuse_written(node, "input 0", args[0].data)
-    if len(reads) > 1 and reads[1] and written_since(args[1].data, epoch):
-        _refuse_written(node, "input 1", args[1].data)
+    for i in range(len(reads)):
+        if reads[i]:
+            if dispatch.rebound_since(args[i], epoch):
+                raise RuntimeError(
+                    f"input {i} of '{node.op.name}' (shape {node.shape}) was changed after "
+                    f"'{node.op.name}' read it, by a recorded in-place operation (its gradient "
+                    f"would go to that operation) or by load_state_dict (new arrays). Do the "
+                    f"in-place operation on a copy (x = x.clone()), or either after backward()")
+            if written_since(args[i].data, epoch) and _needed(node, i):
+                _refuse_written(node, f"input {i}", args[i].data)
     if node.out is not None and written_since(node.out, epoch):
         _refuse_written(node, "its output", node.out)
+
+
+def _needed(node, i):
+    """Whether a rule that backward will run (of an input that needs a gradient) reads input i."""
+    rule_reads = dispatch.kernel(node.op).vjp_reads  # per rule, per input
+    return any(_parent(a).requires_grad and reads[i]
+               for a, reads in zip(node.args, rule_reads))
 
 
 def _refuse_written(node, what, a):
@@ -193,6 +209,16 @@ def _refuse_written(node, what, a):
         f"inplace operation: {what} (shape {a.shape}, {a.dtype}) of '{node.op.name}', saved for "
         f"its derivative, was written in place after it was saved. Do the in-place update "
         f"after backward(), or update a copy (x = x.clone()) instead")
+
+
+def _needed_saved(node):
+    """Per array of ``_saved_versions(node)``: whether a rule that backward will run reads it
+    (the rules of inputs that need a gradient; the output whenever the op reads it)."""
+    runs = [_parent(a).requires_grad for a in node.args]
+    rule_reads = dispatch.kernel(node.op).vjp_reads  # per rule, per input
+    needed = [any(run and reads[i] for run, reads in zip(runs, rule_reads))
+              for i, r in enumerate(node.op.reads_inputs) if r]
+    return needed + [node.op.reads_out]
 
 
 _SHAPES = {}
@@ -282,7 +308,9 @@ def backward(root, grad, retain_graph=False, create_graph=False, inputs=None):
 def _backward(root, grad, retain_graph, create_graph, inputs, wrap):
     order = toposort(root)
     dispatch.backward_started(order, create_graph or inputs is not None)
-    grads = {order[-1]: grad}
+    # The root's gradient goes to the root's vertex, not to the last one in creation order:
+    # a recorded in-place op on an input a node read makes a parent newer than that node.
+    grads = {root._ctx or root: grad}
     found = {} if inputs is not None else None
     # Arrays stored in some .grad during this pass: never stored twice (no two gradients share
     # memory); the caller's gradient counts as one, so a leaf gets a copy of it.

@@ -132,13 +132,12 @@ def run(fn, *args, **kwargs):
     return fn(*args, **kwargs)
 
 
-def update(fn, written, *args):
-    """An in-place update: ``fn(*args)`` writes into the arrays of the tensors ``written``
-    (in-place ops, optimizer steps, running statistics); their versions go up by one."""
-    result = run(fn, *args)
-    for t in written:
-        bump(t.data)
-    return result
+def update(fn, *args):
+    """An in-place update: ``fn(*args)`` writes into existing arrays (in-place ops, optimizer
+    steps, running statistics). ``fn`` counts each write itself (``bump``): a jit replay calls
+    ``fn`` without this function, and the count must still go up, or a graph made outside the
+    step would differentiate with the new values."""
+    return run(fn, *args)
 
 
 def read(what):
@@ -180,7 +179,8 @@ def kernel(op):
 
 # ---- versions: which arrays were written in place, and when ----
 
-# Every write through ``update`` counts one. A graph node remembers the count when it was made
+# Every in-place write (``bump``) and every tensor given a new node or array (``rebind``) counts
+# one. A graph node remembers the count when it was made
 # (``Node.epoch``); an array it saved and later written has its last write after that.
 WRITES = 0
 # id(array owning the memory) -> (weak reference to it, WRITES at its last write). Only arrays
@@ -215,6 +215,28 @@ _PRUNE_AT = [1024]
 
 
 def _prune():
-    for key in [k for k, (ref, _) in _LAST_WRITE.items() if ref() is None]:
-        del _LAST_WRITE[key]
-    _PRUNE_AT[0] = max(1024, 2 * len(_LAST_WRITE))
+    for table in (_LAST_WRITE, _REBOUND):
+        for key in [k for k, (ref, _) in table.items() if ref() is None]:
+            del table[key]
+    _PRUNE_AT[0] = max(1024, 2 * len(_LAST_WRITE), 2 * len(_REBOUND))
+
+
+def rebind(t):
+    """Count that tensor ``t`` got a new node (a recorded in-place op) or a new array
+    (load_state_dict): a node that read ``t`` before reaches it through the tensor, so it would
+    send its gradient to the new node or differentiate with the new values."""
+    global WRITES
+    WRITES += 1
+    if len(_REBOUND) >= _PRUNE_AT[0]:
+        _prune()
+    _REBOUND[id(t)] = (weakref.ref(t), WRITES)
+
+
+def rebound_since(t, epoch):
+    """Whether tensor ``t`` got a new node or array after write count ``epoch``."""
+    entry = _REBOUND.get(id(t))
+    return entry is not None and entry[1] > epoch and entry[0]() is t
+
+
+# id(tensor) -> (weak reference to it, WRITES when it was last rebound)
+_REBOUND = {}

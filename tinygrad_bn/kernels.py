@@ -177,7 +177,8 @@ _FILLED = {}
 
 def mul_sum_to(a, b, shape):
     """``sum_to(a * b, shape)`` for two arrays of the same shape; above 8,192 elements in one
-    pass without the full-size product (einsum): the gradient of a broadcast factor such as γ."""
+    pass without the full-size product (einsum): the gradient of a broadcast factor such as γ.
+    einsum adds in its own order, so that sum is not bit for bit sum_to's (rounding only)."""
     if a.size <= 8192 or a.shape != b.shape or a.dtype != b.dtype:
         return sum_to(a * b, shape)
     plan = _EINSUM_PLANS.get((a.shape, shape))
@@ -228,10 +229,12 @@ def _times(g, a, shape):
 # ---- the overrides, in the op table's order ----
 
 def _div_vjp_y(g, out, x, y):
-    # -g x / y². A broadcast divisor (batch norm's (1, C) √(σ²+ε)): Σ g·x first, then a vector
-    # product. A full-size one is divided twice instead of squared, so y² cannot overflow.
+    # -g x / y². A broadcast divisor (batch norm's (1, C) √(σ²+ε)): Σ g·x first, then divided
+    # by the small y twice. Either way divided twice instead of squared, so y² cannot overflow.
     if y.shape != g.shape:
-        return mul_sum_to(g, x, y.shape) / (y * -y)
+        grad = mul_sum_to(g, x, y.shape) / y
+        grad /= -y
+        return grad
     grad = g * x
     grad /= y
     grad /= -y
@@ -239,14 +242,15 @@ def _div_vjp_y(g, out, x, y):
 
 
 def _pow_scalar_vjp(g, out, x, exponent):
-    # The square, 2x·g, in one fresh array; for a broadcast g (mean's gradient in the variance)
-    # its small array is doubled instead: one full pass, not two, and the same numbers.
+    # The square, (g·2)·x as the textbook multiplies (2x·g differs where 2x or 2g overflows),
+    # in one fresh array; for a broadcast g (mean's gradient in the variance) its small array is
+    # doubled instead: one full pass, not two, and the same numbers.
     if exponent == 2:
         small = compact(g)
         if small is not None and small.ndim == x.ndim:
             return x * (small * 2)
-        grad = x * 2
-        grad *= g
+        grad = g * 2
+        grad *= x
         return grad
     return ops.POW_SCALAR.vjps[0](g, out, x, exponent)
 
@@ -257,7 +261,7 @@ def _pow_scalar_vjp_into(dst, g, out, x, exponent):
         small = compact(g)
         if small is not None and small.ndim == x.ndim:
             return np.multiply(x, small * 2, out=dst)
-        return np.multiply(x * 2, g, out=dst)
+        return np.multiply(g * 2, x, out=dst)
     if exponent == 0:
         return np.multiply(g, 0, out=dst)
     return np.multiply(g * exponent, x ** (exponent - 1), out=dst)
@@ -285,11 +289,19 @@ def _relu_keep(out):
 
 
 def _relu_vjp(g, out, x):
-    return g * _relu_keep(out)
+    # g where out > 0, else 0, as PyTorch's threshold_backward. Not the textbook's g · mask
+    # bit for bit where the input was <= 0: an infinite or NaN g gives 0 there (not NaN), and
+    # a negative g gives +0 (not -0.0). Elsewhere it is g itself.
+    return np.where(_relu_keep(out), g, g.dtype.type(0))
 
 
 def _relu_vjp_into(dst, g, out, x):
-    return np.multiply(g, _relu_keep(out), out=dst)
+    drop = np.less_equal(out, 0)
+    if dst is not g:
+        np.copyto(dst, g)
+    np.copyto(dst, dst.dtype.type(0), where=drop)
+    return dst
+
 
 
 def _sigmoid(x):
@@ -350,8 +362,15 @@ def _register(*kernels):
     return {k[0]: Kernel(*k[:1], **k[1]) for k in kernels}
 
 
+def _sub_vjp_y(g, out, x, y):
+    # -g summed to y's shape: the sum first, on the small result. A sum that is exactly zero is
+    # +0, as the textbook's sum of -g is, not -(+0): hence 0 - sum where a sum was taken.
+    total = sum_to(g, y.shape)
+    return -total if total is g else 0 - total
+
+
 KERNELS = _register(
-    (ops.SUB, dict(vjps=(None, lambda g, out, x, y: -sum_to(g, y.shape)))),
+    (ops.SUB, dict(vjps=(None, _sub_vjp_y))),
     (ops.MUL, dict(vjps=(lambda g, out, x, y: _times(g, y, x.shape),
                          lambda g, out, x, y: _times(g, x, y.shape)),
                    vjp_reads=(("y",), ("x",)),

@@ -114,7 +114,7 @@ def _sigmoid(x):
 
 
 SIGMOID = Op("sigmoid", _sigmoid,
-             lambda g, out, x: g * out * (1 - out),
+             lambda g, out, x: g * (out * (1 - out)),
              reads=("out",), show=("σ({x})", "·σ(1 − σ)"))
 
 TANH = Op("tanh", np.tanh,

@@ -32,13 +32,13 @@ class Optimizer:
             # One call per parameter, as a jit replay repeats it: the parameter, whether it has
             # a gradient and which, its state (momentum buffer, Adam's step count) and the
             # hyperparameters (lr) are looked up at every call.
-            p = self.params[i]
-            dispatch.update(Optimizer._update_at, (p,) if p.grad is not None else (), self, i)
+            dispatch.update(Optimizer._update_at, self, i)
 
     def _update_at(self, i):
         p = self.params[i]
-        if p.grad is not None:
+        if p.grad is not None:  # else nothing is written and the version stays (as torch)
             self._update(p, p.grad.data, self.state[i])
+            dispatch.bump(p.data)  # counted here, so a jit replay of the step counts it too
 
     def _update(self, p, grad, state):
         raise NotImplementedError

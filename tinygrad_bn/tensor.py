@@ -434,50 +434,77 @@ class Tensor:
 
     def clone(self) -> Tensor:
         """A copy with its own memory; gradients flow back to ``self``."""
-        return self * 1
+        # A cast, not self * 1: it saves nothing of self, so self may be changed in place
+        # afterwards (the reason to clone), as in PyTorch.
+        return _apply(ops.CAST, self, dtype=self.data.dtype)
 
     def _inplace(self, op, other):
+        name = op.name if op is not None and op is not ops.EXPAND else \
+            "fill_" if op is None else "copy_"
         compute = result_dtype(self, other)
         if _CATEGORY[compute.kind] > _CATEGORY[self.data.dtype.kind]:
-            raise RuntimeError(f"result type {compute} can't be cast to the desired output type "
-                               f"{self.dtype} of an in-place operation (PyTorch refuses it too); "
-                               f"use an out-of-place operation, or convert first")
+            raise RuntimeError(f"in-place {name}: result type {compute} can't be cast to the "
+                               f"desired output type {self.dtype} (PyTorch refuses it too); use "
+                               f"an out-of-place operation, or convert first")
+        # A number is handed to numpy as it is (a Python value, which the jit compares by
+        # value), not as the cached constant array _const makes of it: same dtype rules.
+        number = other.item() if isinstance(other, np.generic) else other
+        number = number if type(number) in (int, float) else None
         other = _const(other, compute)
-        if op is ops.EXPAND or op is None:  # copy_ / fill_: the result is other, broadcast
-            if np.broadcast_shapes(other.shape, self.shape) != self.shape:
-                raise RuntimeError(f"{'copy_' if op else 'fill_'}: the source of shape "
-                                   f"{other.shape} does not broadcast to {self.shape}")
-        grad = autograd.is_grad_enabled() and (self.requires_grad or
-                                               (op is not None and other.requires_grad))
+        try:  # the result is written into self: it must keep self's shape
+            fits = np.broadcast_shapes(other.shape, self.shape) == self.shape
+        except ValueError:
+            fits = False
+        if not fits:
+            raise RuntimeError(f"in-place {name}: the operand of shape {other.shape} does not "
+                               f"broadcast to the shape {self.shape} of the tensor written; "
+                               f"use the out-of-place form (x = x + y)")
+        # fill_(v) and copy_(v) pass v's gradient on, as any other operand's
+        grad = autograd.is_grad_enabled() and (self.requires_grad or other.requires_grad)
         if grad and self._ctx is None and self.requires_grad:
             raise RuntimeError("a leaf tensor that requires grad is being used in an in-place "
                                "operation; update it inside `with no_grad():` (as an optimizer "
                                "does), or work on a copy (x.clone())")
+        if grad and self.data.base is not None and (self._ctx is None or
+                                                    self._ctx.op in _VIEW_OPS):
+            # Its memory belongs to another tensor (x[0], x.T, x.reshape(...)), whose graph
+            # would not learn of the change: its gradient would be that of the old values.
+            raise RuntimeError(f"in-place {name} on a view of another tensor (made by "
+                               f"indexing, reshape, transpose or expand) while recording "
+                               f"gradients is not supported: the viewed tensor's graph would "
+                               f"not see it. Work on a copy (v = v.clone()), or do it under "
+                               f"no_grad()")
         if not grad:
-            if not self.data.flags.writeable:
-                raise RuntimeError(f"in-place operation on a read-only array of shape "
-                                   f"{self.shape} (a broadcast view?); use a copy (x.clone())")
             fn = _INPLACE.get(op, _copy_into)
             try:
-                dispatch.update(fn, (self,), self.data, other.data)
+                dispatch.update(fn, self.data,
+                                other.data if number is None else number)
             except TypeError as e:  # numpy refuses a cast that loses the kind (float -> int)
-                raise RuntimeError(f"in-place {op.name if op else 'fill_'}: the result of "
-                                   f"dtype {other.dtype} cannot be stored in a tensor of dtype "
-                                   f"{self.dtype} ({e})") from None
+                raise RuntimeError(f"in-place {name}: the result of dtype {other.dtype} cannot "
+                                   f"be stored in a tensor of dtype {self.dtype} ({e})") from None
+            except ValueError as e:  # (checked by numpy, not before: a jit capture locks arrays
+                if "read-only" not in str(e):  # outside the seam's calls)
+                    raise
+                raise RuntimeError(f"in-place {name} on a read-only array of shape "
+                                   f"{self.shape} (a broadcast view?); use a copy "
+                                   f"(x.clone())") from None
             return self
         # Recorded: the op reads a stand-in for the old self, with its own copy of the values
         # if its derivative reads them, since the memory is overwritten below.
-        old = Tensor._wrap(self.data.copy() if op is not None and op.reads_inputs[0]
-                           else self.data, self.requires_grad)
+        old = Tensor._wrap(run(np.ndarray.copy, self.data) if op is not None and
+                           op.reads_inputs[0] else self.data, self.requires_grad)
         old._ctx = self._ctx
         if op is ops.EXPAND or op is None:  # the old values get no gradient
-            new = other.expand(self.shape) if other.shape != self.shape else other
+            # expand() also when the shapes agree: a source that requires grad gets a node
+            # of its own, so self does not become that tensor (a leaf) in the graph
+            new = other.expand(self.shape)
         else:
             new = _apply(op, old, other)
         if new.dtype != self.dtype:
             new = _cast(new, self.dtype)
-        dispatch.update(_copy_into, (self,), self.data, new.data)
+        dispatch.update(_copy_into, self.data, new.data)
         self._ctx, self.requires_grad = new._ctx, new.requires_grad
+        dispatch.rebind(self)  # nodes that read self before: their edge is stale now
         return self
 
     # ---- elementwise functions ----
@@ -644,14 +671,26 @@ def _apply(op, *inputs, **attrs):
 apply_op = _apply  # for layers above the core (distributed's all_reduce)
 
 
+# The writers of in-place updates count their own write (dispatch.bump): a jit replay calls
+# them without the seam's update(), and a graph made outside the step must still see it.
 def _copy_into(dst, src):
     np.copyto(dst, src, casting="same_kind")
+    dispatch.bump(dst)
 
 
-_INPLACE = {ops.ADD: lambda a, b: np.add(a, b, out=a),
-            ops.SUB: lambda a, b: np.subtract(a, b, out=a),
-            ops.MUL: lambda a, b: np.multiply(a, b, out=a),
-            ops.DIV: lambda a, b: np.true_divide(a, b, out=a)}
+def _write_with(ufunc):
+    def write(a, b):
+        ufunc(a, b, out=a)
+        dispatch.bump(a)
+    write.__name__ = f"{ufunc.__name__}_in_place"
+    return write
+
+
+# Ops whose result is a view of their input's memory (when numpy can make one).
+_VIEW_OPS = (ops.GETITEM, ops.RESHAPE, ops.TRANSPOSE, ops.EXPAND)
+
+_INPLACE = {ops.ADD: _write_with(np.add), ops.SUB: _write_with(np.subtract),
+            ops.MUL: _write_with(np.multiply), ops.DIV: _write_with(np.true_divide)}
 
 
 def _operands(t, other, op):

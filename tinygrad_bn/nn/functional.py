@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..dispatch import run, update
+from ..dispatch import bump, run, update
 from ..tensor import Tensor
 
 
@@ -42,8 +42,7 @@ def batch_norm(x: Tensor, running_mean: Tensor | None = None, running_var: Tenso
         centered = _named(x - mu, "x − μ_B")
         var = _named((centered ** 2).mean(axis=axes, keepdims=True), "σ²_B")
         if running_mean is not None or running_var is not None:
-            update(_update_running, [t for t in (running_mean, running_var) if t is not None],
-                   running_mean, running_var, mu.data, var.data, m, momentum)
+            update(_update_running, running_mean, running_var, mu.data, var.data, m, momentum)
     else:
         if running_mean is None or running_var is None:
             raise ValueError("batch_norm outside training needs running_mean and running_var "
@@ -82,6 +81,9 @@ def _update_running(running_mean, running_var, mu, var, m, momentum):
     if running_var is not None:
         running_var.data *= 1 - momentum
         running_var.data += (momentum * m / (m - 1)) * var.reshape(-1)  # unbiased: m / (m - 1)
+    for t in (running_mean, running_var):  # counted here, so a jit replay counts them too
+        if t is not None:
+            bump(t.data)
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:

@@ -94,7 +94,7 @@ class BatchNorm1d(Module):
         use_batch_stats = self.training or not self.track_running_stats
         momentum = self.momentum
         if self.training and self.track_running_stats:
-            update(_count_batch, (self.num_batches_tracked,), self.num_batches_tracked)
+            update(_count_batch, self.num_batches_tracked)
             if momentum is None:  # a cumulative average: the n-th batch weighs 1/n
                 # the count is read as a number (a jit step refuses it: it changes every step)
                 dispatch.read("BatchNorm1d(momentum=None)'s batch count (use a fixed momentum "

@@ -9,7 +9,7 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 
 from ..autograd import enter_scope, exit_scope
-from ..dispatch import run
+from ..dispatch import rebind, run
 from ..tensor import Tensor
 
 # Every tensor some Module holds as a parameter or buffer, by id (held weakly): layers above
@@ -220,6 +220,7 @@ class Module:
         for name, arr in arrays.items():
             t = own[name]
             t.data = np.array(arr, dtype=t.data.dtype)
+            rebind(t)  # a graph that read t must not differentiate with the new values
         return self
 
     def save(self, path: str | os.PathLike) -> None:

@@ -168,8 +168,9 @@ def summary(a):
         return number(a)
     if a.size == 0:
         return "empty"
-    return (f"mean {a.mean():.3g}  std {a.std():.3g}  "
-            f"min {a.min():.3g}  max {a.max():.3g}")
+    with np.errstate(invalid="ignore", over="ignore"):  # -inf entries (masked classes)
+        return (f"mean {a.mean():.3g}  std {a.std():.3g}  "
+                f"min {a.min():.3g}  max {a.max():.3g}")
 
 
 def data_lines(a):

@@ -167,3 +167,21 @@ def test_gradients_are_bucketed_by_dtype_and_size():
     # 40 + 40 bytes fit in 100, +120 would not; a dtype change starts a new bucket
     assert _buckets(arrays, 100) == [[0, 1], [2], [3, 4]]
     assert _buckets(arrays, 10 ** 6) == [[0, 1, 2], [3, 4]]
+
+
+@needs_mpi
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("mlxtend") is None, reason="needs mlxtend ([demo])")
+def test_cli_train_on_two_ranks_writes_once_from_rank_0(tmp_path):
+    out = tmp_path / "train"
+    proc = subprocess.run(
+        [sys.executable, "-m", "tinygrad_bn", "train", "--ranks", "2", "--sync-bn", "--bn-only",
+         "--steps", "20", "--seeds", "1", "--eval-every", "10", "--no-progress", "--out",
+         str(out)], capture_output=True, text=True, timeout=TIMEOUT,
+        cwd=os.path.dirname(os.path.dirname(WORKER)))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("wrote ") == 1  # rank 1 prints nothing
+    assert "2 ranks, a global batch of 60 (30 per rank), SyncBatchNorm" in proc.stdout
+    doc = json.loads((out / "mnist_bn.json").read_text())
+    assert doc["config"]["distributed"] == {"ranks": 2, "sync_bn": True}
+    assert doc["runs"][0]["steps"] == [0, 10, 20]

@@ -176,11 +176,10 @@ def conclusion(results):
     for s in results["settings"]:
         d = s["differences"]
         lines.append(
-            f"Global batch {s['batch']} over {s['ranks']} ranks: SyncBatchNorm ends "
-            f"{d['sync']['final']:+.4f} from one process (largest gap on the curve "
-            f"{d['sync']['max_abs']:.4f}: float32 round-off in the order of the sums); "
-            f"per-rank BatchNorm1d ends {d['local']['final']:+.4f} (largest gap "
-            f"{d['local']['max_abs']:.4f}).")
+            f"Global batch {s['batch']} over {s['ranks']} ranks: SyncBatchNorm's test accuracy "
+            f"ends {d['sync']['final']:+.4f} from one process's (largest gap on the curve "
+            f"{d['sync']['max_abs']:.4f}); per-rank BatchNorm1d's ends "
+            f"{d['local']['final']:+.4f} (largest gap {d['local']['max_abs']:.4f}).")
     return "\n".join(lines)
 
 

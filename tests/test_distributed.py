@@ -118,13 +118,14 @@ def test_a_rank_count_that_does_not_divide_the_batch_is_refused():
     check_divides(60, 4)
 
 
-@pytest.mark.parametrize("ranks, message", [
-    ("7", "7 ranks do not divide the global batch of 60"),
-    ("0", "--ranks must be at least 1"),
+@pytest.mark.parametrize("flags, message", [
+    (["--ranks", "7"], "7 ranks do not divide the global batch of 60"),
+    (["--ranks", "0"], "--ranks must be at least 1"),
+    (["--ranks", "2", "--sync-bn", "--no-bn"], "--sync-bn needs a network with batch norm"),
 ])
-def test_cli_refuses_bad_rank_counts_in_one_line(ranks, message, capsys):
+def test_cli_refuses_bad_rank_flags_in_one_line(flags, message, capsys):
     from tinygrad_bn.cli import main
-    assert main(["train", "--ranks", ranks, "--quick", "--no-progress"]) == 2
+    assert main(["train", *flags, "--quick", "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert message in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
@@ -185,3 +186,25 @@ def test_cli_train_on_two_ranks_writes_once_from_rank_0(tmp_path):
     doc = json.loads((out / "mnist_bn.json").read_text())
     assert doc["config"]["distributed"] == {"ranks": 2, "sync_bn": True}
     assert doc["runs"][0]["steps"] == [0, 10, 20]
+
+
+def test_the_core_never_imports_the_distributed_layer():
+    code = ("import sys, tinygrad_bn, tinygrad_bn.nn, tinygrad_bn.optim, tinygrad_bn.gradcheck; "
+            "m = [n for n in sys.modules if n.startswith(('tinygrad_bn.distributed', 'mpi4py'))]; "
+            "print(m)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=TIMEOUT, cwd=os.path.dirname(os.path.dirname(WORKER)))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
+def test_all_reduce_inside_a_jit_step_is_refused():
+    from tinygrad_bn import JitError, jit
+    from tinygrad_bn.distributed import all_reduce
+
+    @jit
+    def step(x):
+        return all_reduce(x * 2)
+    with pytest.raises(JitError, match="all_reduce inside a jit step"):
+        for _ in range(3):
+            step(Tensor(np.ones(3), requires_grad=True))

@@ -87,7 +87,7 @@ def _abort_all_ranks(kind, value, tb):
 def allreduce_array(a):
     """Σ over ranks of ``a`` (the same shape and dtype on every rank), as a fresh array."""
     a = _contiguous(a)
-    out = _empty_like(a)
+    out = np.empty(a.shape, a.dtype)
     comm().Allreduce(a, out)
     return out
 
@@ -108,6 +108,3 @@ def _contiguous(a):
     a = np.asarray(a)
     return a if a.flags.c_contiguous else a.copy(order="C")
 
-
-def _empty_like(a):
-    return np.empty(a.shape, a.dtype)

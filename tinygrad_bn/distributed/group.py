@@ -10,9 +10,6 @@ class World:
     def all_reduce(self, t):
         return all_reduce(t)
 
-    def size(self):
-        return comm.world_size()
-
     def __repr__(self):
         return f"World(size={comm.world_size()})"
 

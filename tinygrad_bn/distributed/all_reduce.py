@@ -28,7 +28,8 @@ ALL_REDUCE = Op("all_reduce", allreduce_array, _all_reduce_vjp, reads=())
 def all_reduce(t):
     """Sum over ranks of Tensor ``t`` (the same shape and dtype on every rank), differentiable."""
     if Tape.current() is not None:
-        # A replay would run the collectives of the capture, not those the step asks for then.
+        # jit calls a step several ways (two captures, a trial, replays); every rank would have
+        # to make the same calls in the same order, or the collectives hang. Not checked yet.
         raise JitError("all_reduce inside a jit step is not supported: run the step eagerly "
                        "(SyncBatchNorm and data-parallel training do not use jit yet)")
     return apply_op(ALL_REDUCE, t)

@@ -156,8 +156,11 @@ def check_train(steps, sync):
     if sync:  # running statistics are the whole batch's, on every rank
         errors["buffers"] = max(err(b.data, c.data) for b, c in
                                 zip(model.buffers(), ref.buffers()))
-    # bit-identical ranks: rank 0's parameters, summed over ranks, are ranks times each rank's
-    flat = np.concatenate([p.data.ravel() for p in model.parameters()])
+    # bit-identical ranks: summed over ranks, they are ranks times each rank's. Running
+    # statistics too with SyncBatchNorm (per-rank ones are rank 0's only after a broadcast).
+    state = model.parameters() + ([b for b in model.buffers() if b.dtype == np.float64]
+                                  if sync else [])
+    flat = np.concatenate([t.data.ravel() for t in state])
     spread = allreduce_array(flat) - ranks * flat
     result = {"errors": worst_over_ranks(errors), "spread": float(np.max(np.abs(spread))),
               "losses": losses}

@@ -208,3 +208,13 @@ def test_all_reduce_inside_a_jit_step_is_refused():
     with pytest.raises(JitError, match="all_reduce inside a jit step"):
         for _ in range(3):
             step(Tensor(np.ones(3), requires_grad=True))
+
+
+def test_the_experiment_measures_gaps_to_one_process_on_the_same_steps():
+    from tinygrad_bn.experiments.distributed_bn import differences
+    runs = {"single": {"test_acc": [0.1, 0.5, 0.9]}, "sync": {"test_acc": [0.1, 0.5, 0.9]},
+            "local": {"test_acc": [0.1, 0.3, 0.95]}}
+    d = differences(runs)
+    assert d["sync"] == {"final": 0.0, "max_abs": 0.0, "mean": 0.0}
+    assert d["local"]["final"] == pytest.approx(0.05)
+    assert d["local"]["max_abs"] == pytest.approx(0.2)

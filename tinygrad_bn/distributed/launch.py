@@ -11,13 +11,12 @@ _OPEN_MPI_PERMISSIONS = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_
 
 
 def find_mpiexec():
-    """The mpiexec on PATH, else the one beside this Python (a venv's bin, not activated), else
-    None."""
-    found = shutil.which("mpiexec")
-    if found:
-        return found
+    """The mpiexec beside this Python (where the mpich wheel installs it, matching the MPI
+    library mpi4py loads), else the one on PATH, else None."""
     beside = os.path.join(os.path.dirname(sys.executable), "mpiexec")
-    return beside if os.access(beside, os.X_OK) else None
+    if os.access(beside, os.X_OK):
+        return beside
+    return shutil.which("mpiexec")
 
 
 def mpiexec_command(ranks, args):

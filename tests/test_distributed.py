@@ -212,9 +212,10 @@ def test_all_reduce_inside_a_jit_step_is_refused():
 
 def test_the_experiment_measures_gaps_to_one_process_on_the_same_steps():
     from tinygrad_bn.experiments.distributed_bn import differences
-    runs = {"single": {"test_acc": [0.1, 0.5, 0.9]}, "sync": {"test_acc": [0.1, 0.5, 0.9]},
-            "local": {"test_acc": [0.1, 0.3, 0.95]}}
+    runs = {"single": {"test_acc": [0.1, 0.5, 0.9]},
+            "sync": {"test_acc": [0.1, 0.5, 0.9], "weight_gap": 1e-7},
+            "local": {"test_acc": [0.1, 0.3, 0.95], "weight_gap": 0.5}}
     d = differences(runs)
-    assert d["sync"] == {"final": 0.0, "max_abs": 0.0, "mean": 0.0}
+    assert d["sync"] == {"final": 0.0, "max_abs": 0.0, "mean": 0.0, "weight_gap": 1e-7}
     assert d["local"]["final"] == pytest.approx(0.05)
     assert d["local"]["max_abs"] == pytest.approx(0.2)

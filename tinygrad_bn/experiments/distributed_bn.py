@@ -49,14 +49,15 @@ def describe(distributed):
 
 def one_run(data, variant, batch, steps, lr=None, eval_every=25, seed=0):
     """Train one variant (``single`` in this process; ``sync``/``local`` on every rank of an
-    mpiexec run) and return train_run's curves (empty on ranks other than 0)."""
+    mpiexec run) and return train_run's curves (empty on ranks other than 0) and, as "state",
+    the final state dict."""
     lr = BASE_LR * batch / BASE_BATCH if lr is None else lr
     model = build_mlp(bn=True, n_in=data[0].shape[1], seed=seed)
     ddp = None if variant == "single" else data_parallel(model, sync_bn=variant == "sync")
     result = train_run(model, data, steps, lr, batch_size=batch, eval_every=eval_every, seed=seed,
                        data_parallel=ddp, compiled=ddp is None)
     result.update(variant=variant, batch=batch, lr=lr,
-                  ranks=1 if ddp is None else _world_size())
+                  ranks=1 if ddp is None else _world_size(), state=model.state_dict())
     return result
 
 
@@ -74,7 +75,8 @@ def run_setting(data_name, batch, ranks, steps, eval_every=25, seed=0, timeout=1
     from .threads import blas_threads
     data = datasets.load_dataset(data_name, log=lambda *a: None)
     with blas_threads(1):  # as each rank has
-        runs = {"single": _curves(one_run(data, "single", batch, steps, None, eval_every, seed))}
+        single = one_run(data, "single", batch, steps, None, eval_every, seed)
+    runs = {"single": _curves(single)}
     import tempfile
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "ranks.json")
@@ -87,7 +89,18 @@ def run_setting(data_name, batch, ranks, steps, eval_every=25, seed=0, timeout=1
                                f"{proc.stderr[-2000:]}")
         with open(path) as f:
             runs.update(json.load(f))
+        for v in ("sync", "local"):  # how far the final weights are from one process's
+            with np.load(os.path.join(tmp, f"{v}.npz")) as state:
+                runs[v]["weight_gap"] = max(_relative_gap(state[k], a)
+                                            for k, a in single["state"].items()
+                                            if a.dtype.kind == "f")
     return runs
+
+
+def _relative_gap(a, b):
+    """max |a - b| / max(1, |b|): absolute below 1, relative above (running variances are
+    large)."""
+    return float(np.max(np.abs(a - b) / np.maximum(1.0, np.abs(b))))
 
 
 def _curves(result):
@@ -127,7 +140,7 @@ def differences(runs):
         n = min(len(acc), len(ref))
         gap = acc[:n] - ref[:n]
         out[v] = {"final": float(gap[-1]), "max_abs": float(np.max(np.abs(gap))),
-                  "mean": float(np.mean(gap))}
+                  "mean": float(np.mean(gap)), "weight_gap": runs[v].get("weight_gap")}
     return out
 
 
@@ -141,9 +154,11 @@ def summary_rows(results):
             rows.append([f"{s['batch']} over {s['ranks']} ranks", LABELS[v],
                          f"{r['final_test_acc']:.4f}",
                          "—" if d is None else f"{d['final']:+.4f}",
-                         "—" if d is None else f"{d['max_abs']:.4f}"])
+                         "—" if d is None else f"{d['max_abs']:.4f}",
+                         "—" if d is None else f"{d['weight_gap']:.2g}"])
     return {"columns": ["global batch", "batch norm", "final test accuracy",
-                        "minus one process", "largest |gap| on the curve"], "rows": rows}
+                        "minus one process", "largest |gap| on the curve",
+                        "largest weight gap at the end"], "rows": rows}
 
 
 def plot(results, path):
@@ -178,8 +193,10 @@ def conclusion(results):
         lines.append(
             f"Global batch {s['batch']} over {s['ranks']} ranks: SyncBatchNorm's test accuracy "
             f"ends {d['sync']['final']:+.4f} from one process's (largest gap on the curve "
-            f"{d['sync']['max_abs']:.4f}); per-rank BatchNorm1d's ends "
-            f"{d['local']['final']:+.4f} (largest gap {d['local']['max_abs']:.4f}).")
+            f"{d['sync']['max_abs']:.4f}; final weights within {d['sync']['weight_gap']:.1g}: "
+            f"float32 sums taken in another order); per-rank BatchNorm1d's ends "
+            f"{d['local']['final']:+.4f} (largest gap {d['local']['max_abs']:.4f}; weights "
+            f"apart by up to {d['local']['weight_gap']:.2g}).")
     return "\n".join(lines)
 
 
@@ -226,11 +243,13 @@ def _rank_main(argv=None):
     distributed.init()
     data = datasets.load_dataset(args.dataset, log=lambda *a: None)
     with blas_threads(1):
-        runs = {v: _curves(one_run(data, v, args.batch, args.steps, None, args.eval_every,
-                                   args.seed)) for v in ("sync", "local")}
+        runs = {v: one_run(data, v, args.batch, args.steps, None, args.eval_every, args.seed)
+                for v in ("sync", "local")}
     if distributed.rank() == 0:
         with open(args.json, "w") as f:
-            json.dump(runs, f)
+            json.dump({v: _curves(r) for v, r in runs.items()}, f)
+        for v, r in runs.items():
+            np.savez(os.path.join(os.path.dirname(args.json), f"{v}.npz"), **r["state"])
 
 
 if __name__ == "__main__":

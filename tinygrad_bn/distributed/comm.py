@@ -7,6 +7,7 @@ one rank of the world; a plain ``python`` process is a world of one (MPI's singl
 """
 import os
 import sys
+import time
 
 import numpy as np
 
@@ -82,6 +83,17 @@ def _abort_all_ranks(kind, value, tb):
     sys.stderr.write(f"[rank {rank()}] " + "".join(traceback.format_exception(kind, value, tb)))
     sys.stderr.flush()
     _STATE["comm"].Abort(1)
+
+
+def wait_for_all_ranks(poll_seconds=50e-6):
+    """Return once every rank has called this, sleeping (not spinning) in between.
+
+    MPI waits by polling, which keeps a core busy: on a machine with more runnable processes
+    than cores, a rank that arrives early would take CPU time from the ranks it waits for.
+    """
+    request = comm().Ibarrier()
+    while not request.Test():
+        time.sleep(poll_seconds)
 
 
 def allreduce_array(a):

@@ -10,7 +10,7 @@ import numpy as np
 from ..nn.module import Module
 from ..tape import JitError, Tape
 from ..tensor import Tensor
-from .comm import allreduce_inplace, broadcast_inplace, rank, world_size
+from .comm import allreduce_inplace, broadcast_inplace, rank, wait_for_all_ranks, world_size
 
 # PyTorch's default bucket cap: one message per 25 MB of gradients.
 BUCKET_BYTES = 25 * 2 ** 20
@@ -70,8 +70,14 @@ def average_gradients(parameters, bucket_bytes=BUCKET_BYTES):
     ranks = world_size()
     grads = [p.grad.data if p.grad is not None else np.zeros(p.shape, p.dtype)
              for p in parameters]
-    for bucket in _buckets(grads, bucket_bytes):
-        flat = allreduce_inplace(_flatten(grads, bucket))
+    buckets = _buckets(grads, bucket_bytes)
+    flats = [_flatten(grads, bucket) for bucket in buckets]
+    # The ranks finish backward at different times; the early ones wait asleep, then the
+    # all-reduces run with every rank present (see wait_for_all_ranks).
+    if ranks > 1:
+        wait_for_all_ranks()
+    for bucket, flat in zip(buckets, flats):
+        allreduce_inplace(flat)
         flat /= ranks
         # Views of a bucket made for this step: nothing else holds them (the rule for .grad).
         for i, piece in _pieces(flat, grads, bucket):

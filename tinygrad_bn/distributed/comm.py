@@ -85,15 +85,19 @@ def _abort_all_ranks(kind, value, tb):
     _STATE["comm"].Abort(1)
 
 
-def wait_for_all_ranks(poll_seconds=50e-6):
-    """Return once every rank has called this, sleeping (not spinning) in between.
+def wait_for_all_ranks(spin_seconds=2e-4, poll_seconds=5e-5):
+    """Return once every rank has called this: polling for ``spin_seconds``, then asleep
+    between polls.
 
     MPI waits by polling, which keeps a core busy: on a machine with more runnable processes
-    than cores, a rank that arrives early would take CPU time from the ranks it waits for.
+    than cores, a rank that arrives long before the others would take CPU time from the ranks
+    it waits for. Ranks that arrive together pay no sleep.
     """
     request = comm().Ibarrier()
+    start = time.perf_counter()
     while not request.Test():
-        time.sleep(poll_seconds)
+        if time.perf_counter() - start > spin_seconds:
+            time.sleep(poll_seconds)
 
 
 def allreduce_array(a):

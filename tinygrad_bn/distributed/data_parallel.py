@@ -52,12 +52,15 @@ def _pieces(flat, arrays, bucket):
 
 def broadcast_state(module, root=0, bucket_bytes=BUCKET_BYTES):
     """Overwrite every parameter and buffer of ``module`` with rank ``root``'s values."""
-    tensors = module.parameters() + module.buffers()
+    _broadcast(module.parameters() + module.buffers(), root, bucket_bytes)
+
+
+def _broadcast(tensors, root, bucket_bytes):
     arrays = [t.data for t in tensors]
     for bucket in _buckets(arrays, bucket_bytes):
         flat = broadcast_inplace(_flatten(arrays, bucket), root)
         for i, piece in _pieces(flat, arrays, bucket):
-            tensors[i].data = piece.copy()
+            arrays[i][...] = piece  # in place, as PyTorch does: the tensors keep their arrays
 
 
 def average_gradients(parameters, bucket_bytes=BUCKET_BYTES):
@@ -106,7 +109,7 @@ class DistributedDataParallel(Module):
             raise JitError("DistributedDataParallel inside a jit step is not supported: its "
                            "broadcasts would not be replayed; run the step eagerly")
         if self.broadcast_buffers and self.training and world_size() > 1:
-            _broadcast_buffers(self.module, self.bucket_bytes)
+            _broadcast(self.module.buffers(), 0, self.bucket_bytes)
         return self.module(*args, **kwargs)
 
     def average_gradients(self):
@@ -123,15 +126,6 @@ class DistributedDataParallel(Module):
     def shard(self, batch):
         """This rank's rows of a global ``batch`` (rank r takes rows r*n/R .. (r+1)*n/R)."""
         return shard(batch)
-
-
-def _broadcast_buffers(module, bucket_bytes):
-    buffers = module.buffers()
-    arrays = [b.data for b in buffers]
-    for bucket in _buckets(arrays, bucket_bytes):
-        flat = broadcast_inplace(_flatten(arrays, bucket), 0)
-        for i, piece in _pieces(flat, arrays, bucket):
-            buffers[i].data[...] = piece  # in place: the buffers' arrays stay the same objects
 
 
 def check_divides(batch_size, ranks):

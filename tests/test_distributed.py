@@ -219,3 +219,13 @@ def test_the_experiment_measures_gaps_to_one_process_on_the_same_steps():
     assert d["sync"] == {"final": 0.0, "max_abs": 0.0, "mean": 0.0, "weight_gap": 1e-7}
     assert d["local"]["final"] == pytest.approx(0.05)
     assert d["local"]["max_abs"] == pytest.approx(0.2)
+
+
+@needs_mpi
+def test_ranks_started_by_hand_check_the_rank_count_once_and_end_together():
+    proc = run_ranks(2, [sys.executable, "-m", "tinygrad_bn", "train", "--ranks", "4",
+                         "--no-progress"], timeout=TIMEOUT, capture_output=True, text=True,
+                     cwd=os.path.dirname(os.path.dirname(WORKER)))
+    assert proc.returncode == 2
+    assert proc.stderr.count("--ranks 4 given, but mpiexec started 2 ranks") == 1
+    assert "Traceback" not in proc.stderr

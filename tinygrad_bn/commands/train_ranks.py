@@ -68,8 +68,10 @@ def _run_rank(args):
     problem = check_ranks(ranks)
     if problem is None and expected is not None and expected != ranks:
         problem = f"--ranks {expected} given, but mpiexec started {ranks} ranks"
-    if problem is not None:
-        distributed.abort(f"{PROG}: {problem}", 2)
+    if problem is not None:  # every rank finds it: rank 0 says it and ends them all
+        if main:
+            distributed.abort(f"{PROG}: {problem}", 2)
+        distributed.comm.comm().Barrier()  # ended there by rank 0's abort
     if not main:
         args.no_progress = True
     bn = "SyncBatchNorm (statistics of the whole batch)" if args.sync_bn else \

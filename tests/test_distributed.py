@@ -39,10 +39,11 @@ def assert_small(errors, tol):
 
 
 @needs_mpi
-def test_sync_batchnorm_on_two_ranks_equals_one_process_on_the_whole_batch():
-    # 2 ranks x 30 rows vs one process x 60 rows, float64, (N, C) and (N, C, L): output, dx,
-    # d gamma, d beta (summed over ranks) and the running statistics after two steps.
-    errors = run_worker(2, "syncbn")["errors"]
+@pytest.mark.parametrize("ranks", [2, 3, 4])
+def test_sync_batchnorm_on_ranks_equals_one_process_on_the_whole_batch(ranks):
+    # e.g. 2 ranks x 30 rows vs one process x 60 rows, float64, (N, C) and (N, C, L): output,
+    # dx, d gamma, d beta (summed over ranks) and the running statistics after two steps.
+    errors = run_worker(ranks, "syncbn")["errors"]
     assert len(errors) == 12
     assert_small(errors, 1e-12)
 

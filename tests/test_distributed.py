@@ -105,10 +105,11 @@ def test_gradcheck_across_ranks_catches_a_wrong_all_reduce_derivative():
 def test_an_error_on_one_rank_ends_every_rank_with_the_error():
     proc = run_ranks(2, [sys.executable, WORKER, "error"], timeout=TIMEOUT, capture_output=True,
                      text=True)
-    assert proc.returncode != 0
-    assert "ValueError: deliberate failure on rank 1" in proc.stderr
-    assert "[rank 1]" in proc.stderr
-    assert "got past" not in proc.stdout
+    report = f"exit {proc.returncode}\nstdout: {proc.stdout}\nstderr: {proc.stderr}"
+    assert proc.returncode != 0, report
+    assert "[rank 1] Traceback" in proc.stderr, report
+    assert "ValueError: deliberate failure on rank 1" in proc.stderr, report
+    assert "got past" not in proc.stdout, report
 
 
 def test_a_rank_count_that_does_not_divide_the_batch_is_refused():

@@ -74,7 +74,7 @@ def abort(message, code=1):
     sys.stderr.write(f"[rank {rank()}] {message}\n")
     sys.stderr.flush()
     if _STATE["comm"] is not None and world_size() > 1:
-        _STATE["comm"].Abort(code)
+        _abort_after_output(code)
     sys.exit(code)
 
 
@@ -82,7 +82,14 @@ def _abort_all_ranks(kind, value, tb):
     import traceback
     sys.stderr.write(f"[rank {rank()}] " + "".join(traceback.format_exception(kind, value, tb)))
     sys.stderr.flush()
-    _STATE["comm"].Abort(1)
+    _abort_after_output(1)
+
+
+def _abort_after_output(code):
+    # mpiexec forwards each rank's output through a pipe and stops forwarding when it ends the
+    # job: a moment first, so the message just written reaches the terminal.
+    time.sleep(0.2)
+    _STATE["comm"].Abort(code)
 
 
 def wait_for_all_ranks(spin_seconds=2e-4, poll_seconds=5e-5):

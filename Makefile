@@ -28,7 +28,7 @@ browser-deps:
 	fi
 
 setup: system-deps
-	$(PIP) install -q -e ".[demo,test,bench,dev]"
+	$(PIP) install -q -e ".[demo,test,bench,dev,distributed]"
 
 demo: setup
 	$(PYTHON) -m tinygrad_bn demo --out $(OUT)

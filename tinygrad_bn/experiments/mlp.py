@@ -102,7 +102,7 @@ def steps_to_accuracy(steps, accuracies, threshold):
 
 def train_run(model, data, steps, lr, batch_size=60, eval_every=50, seed=0, optimizer=None,
               probe_layer=-1, percentiles=(15, 50, 85), progress=False, label="",
-              stop_on_nan=True, on_eval=None, compiled=True):
+              stop_on_nan=True, on_eval=None, compiled=True, data_parallel=None):
     """Train ``model`` with minibatch SGD and evaluate it every ``eval_every`` steps (and at 0).
 
     ``data`` = (X_train, y_train, X_test, y_test). Each epoch is a fresh permutation (stream 1 of
@@ -117,6 +117,10 @@ def train_run(model, data, steps, lr, batch_size=60, eval_every=50, seed=0, opti
     ``compiled``: run the forward and backward through ``tinygrad_bn.jit`` (the same numpy calls,
     so the same numbers, without rebuilding the graph every step); the optimizer steps eagerly,
     so any optimizer works, also one that records things in Python.
+    ``data_parallel``: a ``distributed.DistributedDataParallel`` wrapping ``model``: each rank
+    trains on its share of every batch (``batch_size`` is the global batch), gradients are
+    averaged over the ranks, the logged loss is the global batch's, and only rank 0 evaluates
+    (the others return empty curves). Eager only: collectives are not replayed by jit.
     """
     X_train, y_train, X_test, y_test = data
     if len(X_train) < batch_size:
@@ -132,6 +136,8 @@ def train_run(model, data, steps, lr, batch_size=60, eval_every=50, seed=0, opti
     loss_sum, loss_count, diverged = 0.0, 0, False
 
     def record(step):
+        if data_parallel is not None and data_parallel.rank != 0:
+            return
         out["steps"].append(step)
         out["test_acc"].append(evaluate(model, X_test, y_test))
         out["train_loss"].append(loss_sum / loss_count if loss_count else None)
@@ -140,11 +146,13 @@ def train_run(model, data, steps, lr, batch_size=60, eval_every=50, seed=0, opti
         if on_eval is not None:
             on_eval(step, out["train_loss"][-1], out["test_acc"][-1])
 
+    step_model = model if data_parallel is None else data_parallel
+
     def forward_backward(x, y):
-        loss = F.cross_entropy(model(x), y)
+        loss = F.cross_entropy(step_model(x), y)
         loss.backward()
         return loss
-    if compiled:
+    if compiled and data_parallel is None:
         forward_backward = jit(forward_backward)
 
     bar = progress_bar(steps, label) if progress else None
@@ -160,10 +168,15 @@ def train_run(model, data, steps, lr, batch_size=60, eval_every=50, seed=0, opti
             batch = 0
         lo = batch * batch_size
         batch += 1
+        xb, yb = X_epoch[lo:lo + batch_size], y_epoch[lo:lo + batch_size]
+        if data_parallel is not None:
+            xb, yb = data_parallel.shard(xb), data_parallel.shard(yb)
         opt.zero_grad()
-        loss = forward_backward(Tensor(X_epoch[lo:lo + batch_size]), y_epoch[lo:lo + batch_size])
+        loss = forward_backward(Tensor(xb), yb)
+        if data_parallel is not None:
+            data_parallel.average_gradients()
         opt.step()
-        value = loss.item()
+        value = loss.item() if data_parallel is None else data_parallel.mean_loss(loss.item())
         loss_sum += value
         loss_count += 1
         if bar is not None:
@@ -181,7 +194,7 @@ def train_run(model, data, steps, lr, batch_size=60, eval_every=50, seed=0, opti
     if bar is not None:
         bar.close()
     out["percentiles"] = np.asarray(out["percentiles"])
-    out["final_test_acc"] = out["test_acc"][-1]
+    out["final_test_acc"] = out["test_acc"][-1] if out["test_acc"] else None
     out["diverged"] = diverged
     out["seconds"] = time.perf_counter() - start
     return out

@@ -39,7 +39,7 @@ def run_experiment(data, dataset="mnist5k", steps=None, lr=None, seeds=DEFAULTS[
                    variants=VARIANTS, eval_every=DEFAULTS["eval_every"],
                    batch_size=DEFAULTS["batch_size"], hidden=DEFAULTS["hidden"],
                    init_std=DEFAULTS["init_std"], activation=DEFAULTS["activation"],
-                   progress=True, jobs=1, compiled=True):
+                   progress=True, jobs=1, compiled=True, distributed=None):
     """Train every (variant, seed) pair on ``data`` and return {"schema", "config", "runs"}.
 
     ``steps`` and ``lr`` default to ``PRESETS[dataset]``. Both variants of a seed share the
@@ -47,6 +47,8 @@ def run_experiment(data, dataset="mnist5k", steps=None, lr=None, seeds=DEFAULTS[
     trains that many runs at once in worker processes (one BLAS thread each); every run is
     deterministic, so the results are the same as with ``jobs=1``. ``compiled=False`` builds
     the graph at every step instead of replaying it with ``jit`` (same numbers, slower).
+    ``distributed`` ({"sync_bn": bool}, under mpiexec): every run is data-parallel over the MPI
+    ranks (see ``experiments.distributed_bn``); only rank 0's results hold curves.
     """
     preset = PRESETS.get(dataset, PRESETS["mnist"])
     steps = preset["steps"] if steps is None else int(steps)
@@ -61,8 +63,13 @@ def run_experiment(data, dataset="mnist5k", steps=None, lr=None, seeds=DEFAULTS[
               "probe": "input to each unit of the last hidden activation, over the test set; "
                        "BN layers use the test set's own batch statistics",
               "n_train": int(len(data[0])), "n_test": int(len(data[2]))}
+    if distributed is not None:
+        from .distributed_bn import describe
+        config["distributed"] = describe(distributed)
+        jobs = 1
     settings = dict(steps=steps, lr=lr, batch_size=batch_size, eval_every=eval_every,
-                    hidden=hidden, init_std=init_std, activation=activation, compiled=compiled)
+                    hidden=hidden, init_std=init_std, activation=activation, compiled=compiled,
+                    distributed=distributed)
     pairs = [(seed, variant) for seed in seeds for variant in variants]
     jobs = max(1, min(int(jobs), len(pairs)))
     if jobs == 1:
@@ -76,11 +83,16 @@ def _one_run(data, seed, variant, settings, progress, on_eval=None):
     model = build_mlp(bn=variant == "bn", hidden=settings["hidden"],
                       init_std=settings["init_std"], activation=settings["activation"],
                       n_in=data[0].shape[1], seed=seed)
+    ddp = None
+    if settings.get("distributed") is not None:
+        from .distributed_bn import data_parallel
+        ddp = data_parallel(model, **settings["distributed"])
+        progress = progress and ddp.rank == 0
     result = train_run(model, data, settings["steps"], settings["lr"],
                        batch_size=settings["batch_size"], eval_every=settings["eval_every"],
                        seed=seed, percentiles=PERCENTILES, progress=progress,
                        label=_label(seed, variant), on_eval=on_eval,
-                       compiled=settings["compiled"])
+                       compiled=settings["compiled"], data_parallel=ddp)
     result.update(variant=variant, seed=int(seed))
     for t in THRESHOLDS:
         result[f"steps_to_{round(t * 100)}"] = steps_to_accuracy(

@@ -2,6 +2,7 @@
 from . import functional
 from .layers import BatchNorm1d, Flatten, Identity, Linear, ReLU, Sigmoid, Tanh
 from .module import Module, Parameter, Sequential
+from .sync_batchnorm import SyncBatchNorm
 
-__all__ = ["functional", "Module", "Parameter", "Sequential", "Linear", "BatchNorm1d", "ReLU",
-           "Sigmoid", "Tanh", "Identity", "Flatten"]
+__all__ = ["functional", "Module", "Parameter", "Sequential", "Linear", "BatchNorm1d",
+           "SyncBatchNorm", "ReLU", "Sigmoid", "Tanh", "Identity", "Flatten"]

@@ -12,7 +12,7 @@ from ..tensor import Tensor
 
 def batch_norm(x: Tensor, running_mean: Tensor | None = None, running_var: Tensor | None = None,
                weight: Tensor | None = None, bias: Tensor | None = None, training: bool = False,
-               momentum: float = 0.1, eps: float = 1e-5) -> Tensor:
+               momentum: float = 0.1, eps: float = 1e-5, process_group: object = None) -> Tensor:
     """Batch normalization (Ioffe & Szegedy 2015, Algorithm 1), per feature (axis 1).
 
     mu = mean_B(x),  sigma2 = mean_B((x - mu)**2)  (biased),  x_hat = (x - mu) / sqrt(sigma2 + eps),
@@ -23,6 +23,11 @@ def batch_norm(x: Tensor, running_mean: Tensor | None = None, running_var: Tenso
     the unbiased batch variance sigma2 * m / (m - 1), as PyTorch does. Outside training the running
     statistics normalize instead. Every step is a recorded primitive, so the gradients through
     mu and sigma2 come from the chain rule, not from a formula written here.
+
+    ``process_group`` (SyncBatchNorm): the batch is split over processes, and B is all of it:
+    each mean is sum_B / m with the sums and the count m summed over the group's processes by
+    its differentiable ``all_reduce``, so the backward's cross-process terms come from the chain
+    rule too.
     """
     if x.ndim not in (2, 3):
         raise ValueError(f"batch_norm expects input of shape (N, C) or (N, C, L), got {x.shape}")
@@ -32,15 +37,17 @@ def batch_norm(x: Tensor, running_mean: Tensor | None = None, running_var: Tenso
     per_feature = (lambda t: t) if x.ndim == 2 else (lambda t: t.reshape(1, x.shape[1], 1))
 
     if training:
+        if process_group is not None:
+            m = int(process_group.all_reduce(Tensor(np.array(float(m)))).item())
         if m < 2:
             raise ValueError(
                 f"batch_norm in training mode got {m} value per feature (input shape {x.shape}). "
                 f"The variance of a single value is 0, so x_hat would be 0 whatever x is, and the "
                 f"unbiased running variance m/(m-1) is undefined. Use eval() mode for single "
                 f"examples, train with larger batches, or drop the last short batch.")
-        mu = _named(x.mean(axis=axes, keepdims=True), "μ_B")
+        mu = _named(_batch_mean(x, axes, m, process_group), "μ_B")
         centered = _named(x - mu, "x − μ_B")
-        var = _named((centered ** 2).mean(axis=axes, keepdims=True), "σ²_B")
+        var = _named(_batch_mean(centered ** 2, axes, m, process_group), "σ²_B")
         if running_mean is not None or running_var is not None:
             update(_update_running, running_mean, running_var, mu.data, var.data, m, momentum)
     else:
@@ -57,6 +64,13 @@ def batch_norm(x: Tensor, running_mean: Tensor | None = None, running_var: Tenso
     if bias is not None:
         y = y + per_feature(bias)
     return _named(y, "y = γ·x̂ + β" if weight is not None and bias is not None else "y")
+
+
+def _batch_mean(t, axes, m, process_group):
+    """The mean of ``t`` over the batch axes: this process's batch, or the group's (m values)."""
+    if process_group is None:
+        return t.mean(axis=axes, keepdims=True)
+    return process_group.all_reduce(t.sum(axis=axes, keepdims=True)) / m
 
 
 def _constant(t):

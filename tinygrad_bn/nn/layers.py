@@ -84,12 +84,16 @@ class BatchNorm1d(Module):
         else:
             self.running_mean = self.running_var = None
 
+    # Over whose batch training statistics are taken: None, this process's (SyncBatchNorm: a
+    # group of processes, each holding part of the batch).
+    process_group = None
+
     def forward(self, x: Tensor) -> Tensor:
         """y = gamma * (x - mu) / sqrt(var + eps) + beta: batch statistics in training, running
         ones in eval (see ``F.batch_norm``)."""
         if x.ndim not in (2, 3) or x.shape[1] != self.num_features:
             expected = f"(N, {self.num_features}) or (N, {self.num_features}, L)"
-            raise ValueError(f"BatchNorm1d({self.num_features}) expects input of shape "
+            raise ValueError(f"{type(self).__name__}({self.num_features}) expects input of shape "
                              f"{expected}, got {x.shape}")
         use_batch_stats = self.training or not self.track_running_stats
         momentum = self.momentum
@@ -101,7 +105,8 @@ class BatchNorm1d(Module):
                               "such as 0.1 in a jit step)")
                 momentum = 1.0 / float(self.num_batches_tracked.data)
         return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
-                            training=use_batch_stats, momentum=momentum or 0.0, eps=self.eps)
+                            training=use_batch_stats, momentum=momentum or 0.0, eps=self.eps,
+                            process_group=self.process_group if use_batch_stats else None)
 
     def extra_repr(self) -> str:
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "

@@ -83,4 +83,7 @@ def test_run_all_quick_writes_json(tmp_path):
     run_all.main(["--quick", "--only", "overhead", "--json", str(path)])
     data = json.loads(path.read_text())
     assert "overhead" in data and data["machine"]["numpy"] == np.__version__
-    assert data["targets"][0]["target"] == "per-op overhead vs torch" or "torch" not in sys.modules
+    if data["machine"]["torch"] is None:  # no torch rows, and no crash either
+        assert not data["targets"]
+    else:
+        assert data["targets"][0]["target"] == "per-op overhead vs torch"

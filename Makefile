@@ -4,7 +4,7 @@
 # the project's own .venv, made with $(PYTHON). A stock Debian/Ubuntu python refuses
 # `pip install` outside a venv (PEP 668, "externally-managed-environment").
 #   make test PYTHON=python3.12      # build .venv with another interpreter
-#   make test PYTEST_ARGS="-x tests/test_ops.py"
+#   make test PYTEST_ARGS="-x tests/test_ops.py"     make demo DEMO_ARGS=--quick
 PYTHON ?= python3
 OUT ?= out
 # Extras of pyproject.toml installed by setup (each extra's packages are listed there).
@@ -12,6 +12,7 @@ EXTRAS ?= demo,test,bench,dev
 # Debian packages the commands use: graphviz provides the `dot` binary the renderer calls.
 SYSTEM_PACKAGES ?= graphviz
 PYTEST_ARGS ?=
+DEMO_ARGS ?=
 
 ifdef VIRTUAL_ENV
 VENV := $(VIRTUAL_ENV)
@@ -41,6 +42,11 @@ system-deps:
 		echo "note: missing Debian packages:$$missing; install them with: sudo apt-get install$$missing"; \
 	fi
 
+ifdef VIRTUAL_ENV
+$(VENV)/bin/python:
+	@echo "error: the active virtualenv $(VENV) has no bin/python; deactivate it or fix it" >&2
+	@false
+else
 # Debian ships venv support separately (python3-venv); as root it is installed when missing.
 $(VENV)/bin/python:
 	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
@@ -55,6 +61,7 @@ $(VENV)/bin/python:
 			false; \
 		fi; }
 	@echo "created $(VENV) with $$($(PY) --version)"
+endif
 
 $(INSTALLED): pyproject.toml | $(VENV)/bin/python
 	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
@@ -63,7 +70,7 @@ $(INSTALLED): pyproject.toml | $(VENV)/bin/python
 setup: system-deps $(INSTALLED)
 
 demo: setup
-	$(PY) -m tinygrad_bn demo --out $(OUT)
+	$(PY) -m tinygrad_bn demo --out $(OUT) $(DEMO_ARGS)
 
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -167,7 +167,7 @@ def demo_out(tmp_path_factory, mnist5k):
     pytest.importorskip("tqdm")
     from tinygrad_bn.cli import main
     out = tmp_path_factory.mktemp("demo")
-    code = main(["demo", "--out", str(out), "--quick", "--steps", "200", "--seeds", "2",
+    code = main(["demo", "--out", str(out), "--quick", "--steps", "200", "--seeds", "0,1",
                  "--no-progress"])
     return out, code
 
@@ -264,6 +264,8 @@ def test_report_includes_registered_sections(tmp_path):
 def test_missing_optional_dependency_names_the_extra(monkeypatch, capsys):
     from tinygrad_bn.cli import main
     monkeypatch.setitem(sys.modules, "tqdm", None)
+    # bars are drawn with tqdm on a terminal only (else plain lines): pretend to be one
+    monkeypatch.setattr("tinygrad_bn.experiments.progress.interactive", lambda: True)
     assert main(["train", "--quick", "--out", "unused"]) == 2
     err = capsys.readouterr().err
     assert "pip install tinygrad_bn[demo]" in err and "tqdm" in err

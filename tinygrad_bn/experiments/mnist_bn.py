@@ -2,14 +2,17 @@
 
 784-100-100-100-10 sigmoid MLP with and without batch norm, weights N(0, 0.01²), plain SGD at a
 constant learning rate, batches of 60, several seeds. ``run_experiment`` returns every curve;
-``summarize``/``format_summary`` make the table; ``save_results`` writes the JSON.
+``summarize``/``format_summary`` make the table; ``save_results`` writes the JSON. Numbers only:
+``plots`` draws them (and imports this module, never the other way round).
 """
 import json
+import multiprocessing
 import os
+import signal
 
 import numpy as np
 
-from .mlp import build_mlp, progress_bar, steps_to_accuracy, train_run
+from .mlp import build_mlp, steps_to_accuracy, train_run
 
 SCHEMA = "tinygrad_bn.mnist_bn/1"
 VARIANTS = ("no_bn", "bn")
@@ -65,11 +68,29 @@ def run_experiment(data, dataset="mnist5k", steps=None, lr=None, seeds=DEFAULTS[
                     hidden=hidden, init_std=init_std, activation=activation, compiled=compiled)
     pairs = [(seed, variant) for seed in seeds for variant in variants]
     jobs = max(1, min(int(jobs), len(pairs)))
-    if jobs == 1:
-        runs = [_one_run(data, seed, variant, settings, progress) for seed, variant in pairs]
-    else:
-        runs = _parallel_runs(data, pairs, settings, jobs, progress)
+    runs = [None] * len(pairs)  # filled as runs finish, so Ctrl-C keeps the finished ones
+    try:
+        if jobs == 1 or "fork" not in multiprocessing.get_all_start_methods():
+            # (without fork, e.g. on Windows, workers could not share the data cheaply)
+            for i, (seed, variant) in enumerate(pairs):
+                runs[i] = _one_run(data, seed, variant, settings, progress)
+        else:
+            _parallel_runs(data, pairs, settings, jobs, progress, runs)
+    except KeyboardInterrupt:
+        finished = [r for r in runs if r is not None]
+        config.update(interrupted=True, runs_planned=len(pairs),
+                      variants=[v for v in variants if any(r["variant"] == v for r in finished)])
+        raise ExperimentInterrupted({"schema": SCHEMA, "config": config,
+                                     "runs": finished}) from None
     return {"schema": SCHEMA, "config": config, "runs": runs}
+
+
+class ExperimentInterrupted(KeyboardInterrupt):
+    """Ctrl-C during ``run_experiment``; ``.results`` holds the runs that had finished."""
+
+    def __init__(self, results):
+        super().__init__(f"interrupted after {len(results['runs'])} finished runs")
+        self.results = results
 
 
 def _one_run(data, seed, variant, settings, progress, on_eval=None):
@@ -98,6 +119,12 @@ _WORKER_DATA = None
 _WORKER_QUEUE = None
 
 
+def _worker_init():
+    # Ctrl-C reaches every process of the terminal's group: the parent alone handles it (it
+    # keeps the finished runs and terminates the workers), so no worker prints a traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _worker(index, seed, variant, settings):
     from .threads import blas_threads
 
@@ -108,42 +135,38 @@ def _worker(index, seed, variant, settings):
                         on_eval=report if _WORKER_QUEUE is not None else None)
 
 
-def _parallel_runs(data, pairs, settings, jobs, progress):
-    """The runs in ``jobs`` worker processes; the parent draws one progress bar per run."""
-    import concurrent.futures
-    import multiprocessing
+def _parallel_runs(data, pairs, settings, jobs, progress, runs):
+    """The runs in ``jobs`` forked worker processes, each result stored into ``runs[i]`` as it
+    arrives; the parent shows each run's progress from the time it starts."""
     import queue as queue_module
+
+    from .progress import RunBoard
     global _WORKER_DATA, _WORKER_QUEUE
-    if "fork" not in multiprocessing.get_all_start_methods():
-        # e.g. Windows: no cheap way to share the data with workers, so run one after another
-        return [_one_run(data, seed, variant, settings, progress) for seed, variant in pairs]
     ctx = multiprocessing.get_context("fork")
     _WORKER_DATA, _WORKER_QUEUE = data, ctx.Queue() if progress else None
-    bars = [progress_bar(settings["steps"], _label(seed, variant), position=i)
-            for i, (seed, variant) in enumerate(pairs)] if progress else []
-    done_steps = [0] * len(pairs)
+    board = RunBoard(settings["steps"], [_label(s, v) for s, v in pairs]) if progress else None
+    pool = ctx.Pool(jobs, initializer=_worker_init)
     try:
-        with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=ctx) as pool:
-            futures = [pool.submit(_worker, i, seed, variant, settings)
-                       for i, (seed, variant) in enumerate(pairs)]
-            while bars and not all(f.done() for f in futures):
+        pending = {i: pool.apply_async(_worker, (i, seed, variant, settings))
+                   for i, (seed, variant) in enumerate(pairs)}
+        while pending:
+            if board is None:
+                next(iter(pending.values())).wait(0.2)
+            else:
                 try:
-                    i, step, loss, acc = _WORKER_QUEUE.get(timeout=0.2)
+                    board.report(*_WORKER_QUEUE.get(timeout=0.2))
                 except queue_module.Empty:
-                    continue
-                bars[i].update(step - done_steps[i])
-                done_steps[i] = step
-                if loss is not None:
-                    bars[i].set_postfix(loss=f"{loss:.3f}", test_acc=f"{acc:.4f}", refresh=False)
-            runs = [f.result() for f in futures]
-        for bar, r in zip(bars, runs):
-            bar.update(r["steps"][-1] - bar.n)
-            if r["train_loss"][-1] is not None:
-                bar.set_postfix(loss=f"{r['train_loss'][-1]:.3f}",
-                                test_acc=f"{r['final_test_acc']:.4f}", refresh=False)
-            bar.close()
-        return runs
-    finally:
+                    pass
+            for i in [i for i, r in pending.items() if r.ready()]:
+                runs[i] = pending.pop(i).get()  # a worker's exception is raised here
+                if board is not None:
+                    board.finish(i, runs[i])
+        pool.close()
+    finally:  # done, failed or interrupted: no worker outlives this call
+        if board is not None:
+            board.close_all()
+        pool.terminate()
+        pool.join()
         _WORKER_DATA = _WORKER_QUEUE = None
 
 
@@ -273,15 +296,13 @@ def jsonable(x):
     return x
 
 
-def write_outputs(results, out_dir, figure=True):
-    """JSON, summary table (text) and, with ``figure``, the PNG; returns {kind: path}."""
+def write_outputs(results, out_dir):
+    """The JSON and the summary table (text); returns {kind: path}. The figure is
+    ``plots.plot_figure``'s."""
     paths = {"json": save_results(results, out_dir)}
     cfg = results["config"]
     table = format_summary(summarize(results), cfg["dataset"], cfg["steps"])
     paths["summary"] = os.path.join(out_dir, "summary.txt")
     with open(paths["summary"], "w") as f:
         f.write(table + "\n")
-    if figure:
-        from .plots import plot_figure
-        paths["figure"] = plot_figure(results, os.path.join(out_dir, "mnist_bn.png"))
     return paths

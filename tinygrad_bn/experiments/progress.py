@@ -72,7 +72,8 @@ class RunBoard:
     def report(self, i, step, loss, acc):
         if i in self.finished:
             return  # a late message of a run already finished
-        if i not in self.active:
+        started = i not in self.active
+        if started:
             self.active[i] = PlainProgress(self.total, self.labels[i], stream=self.stream)
         run = self.active[i]
         if self.plain:
@@ -81,7 +82,7 @@ class RunBoard:
             run.n = step
         if loss is not None:
             run.set_postfix(loss=f"{loss:.3f}", test_acc=f"{acc:.4f}")
-        if not self.plain and time.perf_counter() - self.last_draw > 0.2:
+        if not self.plain and (started or time.perf_counter() - self.last_draw > 0.2):
             self._draw()
 
     def finish(self, i, run):

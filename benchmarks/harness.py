@@ -63,6 +63,13 @@ _torch_threads = None
 TORCH_MISSING = "torch not installed: torch rows skipped"
 
 
+def keep_freed_memory():
+    """Tune malloc as a training program should (tinygrad_bn.allocator): an explicit call, since
+    importing tinygrad_bn changes nothing in the process. Entry points call it, not the tests."""
+    from tinygrad_bn.allocator import keep_freed_memory as keep
+    return keep()
+
+
 def optional_torch(pin=True):
     """PyTorch if installed (pinned to one thread unless ``pin`` is false), else None."""
     global _torch_threads

@@ -346,3 +346,15 @@ def test_experiment_modules_import_one_way():
     imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     assert not any(name and name.endswith("plots") for name in imported), imported
+
+
+def test_reference_rows_sit_beside_runs_at_the_same_spacing():
+    from tinygrad_bn.experiments.mnist_bn import PRESETS, PYTORCH_REFERENCE, reference_cells
+    for dataset, ref in PYTORCH_REFERENCE.items():
+        assert PRESETS[dataset]["eval_every"] == ref["eval_every"]
+        cells, note = reference_cells(dataset, PRESETS[dataset]["steps"], ref["eval_every"])
+        assert set(cells) == {"no_bn", "bn"} and all(len(c) == 3 for c in cells.values())
+        assert "do not compare" not in note
+        _, note = reference_cells(dataset, PRESETS[dataset]["steps"], 10)
+        assert f"--eval-every {ref['eval_every']}" in note
+        assert reference_cells(dataset, 123, ref["eval_every"]) == ({}, "")

@@ -87,3 +87,13 @@ def test_run_all_quick_writes_json(tmp_path):
         assert not data["targets"]
     else:
         assert data["targets"][0]["target"] == "per-op overhead vs torch"
+
+
+def test_without_torch_the_benchmarks_skip_its_rows_and_say_so(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(harness, "optional_torch", lambda pin=True: None)
+    path = tmp_path / "results.json"
+    run_all.main(["--quick", "--only", "overhead", "--json", str(path)])
+    out = capsys.readouterr().out
+    assert harness.TORCH_MISSING in out
+    data = json.loads(path.read_text())
+    assert "torch" not in data["overhead"]["candidates"] and not data["targets"]

@@ -9,7 +9,8 @@ PYTHON ?= python3
 OUT ?= out
 # Extras of pyproject.toml installed by setup (each extra's packages are listed there).
 EXTRAS ?= demo,test,bench,dev
-# Debian packages the commands use: graphviz provides the `dot` binary the renderer calls.
+# Debian packages the commands use, one list (add a package here, nothing else to change):
+# graphviz provides the `dot` binary the renderer calls.
 SYSTEM_PACKAGES ?= graphviz
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
@@ -37,7 +38,7 @@ system-deps:
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 		echo "installing Debian packages:$$missing"; \
 		(apt-get update -qq && apt-get install -y -qq $$missing >/dev/null) || \
-		echo "warning: apt-get install$$missing failed; graph rendering will write .dot files only"; \
+		echo "warning: apt-get install$$missing failed (without graphviz, graphs are written as .dot only)"; \
 	else \
 		echo "note: missing Debian packages:$$missing; install them with: sudo apt-get install$$missing"; \
 	fi

@@ -46,7 +46,10 @@ def _fake_venv(tmp_path):
     """A "virtualenv" whose python is this interpreter, already set up (nothing to install)."""
     venv = tmp_path / "venv"
     (venv / "bin").mkdir(parents=True)
-    os.symlink(sys.executable, venv / "bin" / "python")
+    # A wrapper, not a symlink: a symlinked venv python would lose its venv's packages.
+    python = venv / "bin" / "python"
+    python.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    python.chmod(0o755)
     (venv / ".tinygrad_bn-installed").touch()
     stamp_time = os.path.getmtime(os.path.join(ROOT, "pyproject.toml")) + 1
     os.utime(venv / ".tinygrad_bn-installed", (stamp_time, stamp_time))

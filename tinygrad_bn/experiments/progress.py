@@ -66,7 +66,7 @@ class RunBoard:
         self.total, self.labels = total, labels
         self.stream = stream if stream is not None else sys.stdout
         self.plain = not interactive()
-        self.active, self.finished = {}, set()  # run -> PlainProgress (plain) or state (tty)
+        self.active, self.finished = {}, set()  # run -> its PlainProgress (its state on a tty)
         self.drawn, self.last_draw = 0, 0.0
 
     def report(self, i, step, loss, acc):

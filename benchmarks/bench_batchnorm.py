@@ -208,6 +208,7 @@ def main(argv=None):
     p.add_argument("--dtypes", default="float32")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = p.parse_args(argv)
+    harness.keep_freed_memory()
     result = run(args.quick, tuple(args.dtypes.split(",")))
     harness.report("batchnorm", result, rows(result), HEADERS, args.json)
 

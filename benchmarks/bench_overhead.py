@@ -116,6 +116,7 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=None)
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = p.parse_args(argv)
+    harness.keep_freed_memory()
     result = run(args.quick, args.ops, args.rounds)
     harness.report("overhead", result, rows(result), HEADERS, args.json)
 

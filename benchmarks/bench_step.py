@@ -277,6 +277,7 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=None)
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = p.parse_args(argv)
+    harness.keep_freed_memory()
     configs = args.configs.split(",") if args.configs else None
     result = run(args.quick, configs, tuple(args.dtypes.split(",")), args.rounds)
     harness.report("step", result, rows(result), HEADERS, args.json, notes=[

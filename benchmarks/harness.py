@@ -60,6 +60,16 @@ def unpin_threads():
 _torch_threads = None
 
 
+TORCH_MISSING = "torch not installed: torch rows skipped"
+
+
+def keep_freed_memory():
+    """Tune malloc as a training program should (tinygrad_bn.allocator): an explicit call, since
+    importing tinygrad_bn changes nothing in the process. Entry points call it, not the tests."""
+    from tinygrad_bn.allocator import keep_freed_memory as keep
+    return keep()
+
+
 def optional_torch(pin=True):
     """PyTorch if installed (pinned to one thread unless ``pin`` is false), else None."""
     global _torch_threads
@@ -134,6 +144,8 @@ def describe_machine(info):
         if pool.get("user_api") == "blas":
             lines.append(f"BLAS: {pool['internal_api']} {pool['version']}, kernel/coretype "
                          f"{pool['architecture']}, {pool['num_threads']} thread(s) during timing")
+    if info["torch"] is None:
+        lines.append(TORCH_MISSING)
     bad = {k: v for k, v in info["env"].items() if k in SLOW_BLAS_VARS and v is not None}
     if bad:
         lines.append(f"WARNING: {bad} set in the environment; it slows OpenBLAS here "
@@ -181,6 +193,7 @@ def compare(candidates, rounds=7, inner=1, warmup=1, reference=None, round_secon
         for name in names[shift:] + names[:shift]:
             times[name].append(_time_calls(candidates[name], inner))
     refs = [] if reference is None else [reference] if isinstance(reference, str) else reference
+    refs = [ref for ref in refs if ref in times]  # e.g. "torch" when PyTorch is not installed
     result = {"rounds": rounds, "inner": inner, "candidates": {}}
     for name in names:
         ts = times[name]

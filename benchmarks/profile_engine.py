@@ -72,6 +72,7 @@ def main(argv=None):
     p.add_argument("--top", type=int, default=20)
     p.add_argument("--sort", default="tottime", help="pstats key: tottime, cumtime, ncalls")
     args = p.parse_args(argv)
+    harness.keep_freed_memory()
     harness.pin_threads()
     print(harness.describe_machine(harness.machine_info()))
     config, dtype = args.step.split("/")

@@ -49,6 +49,7 @@ def main(argv=None):
     p.add_argument("--json", default=os.path.join(HERE, "results.json"),
                    help="where to write the results (default benchmarks/results.json)")
     args = p.parse_args(argv)
+    harness.keep_freed_memory()
     only = args.only.split(",")
     unknown = set(only) - set(SUITES)
     if unknown:

@@ -6,7 +6,9 @@ The paper's MNIST net trained for a fixed budget at every (learning rate, init s
 with and without batch norm; a heatmap of test accuracy for each. With BN a layer's output does
 not depend on the scale of its weights, so the init std stops mattering.
 The code: tinygrad_bn/experiments/claims/hyperparams.py.
+Writes claim_hyperparams.png into the current folder (run it from where you want the picture).
 """
+import os
 import sys
 
 from tinygrad_bn.data import load_mnist5k
@@ -15,4 +17,5 @@ from tinygrad_bn.experiments.claims import hyperparams
 data = load_mnist5k()  # X_train (4000, 784), y_train, X_test (1000, 784), y_test
 results = hyperparams.run(data, quick="--quick" in sys.argv, progress=True)
 print(hyperparams.conclusion(results))  # settings reaching 90%, with and without BN
-print("figure:", hyperparams.plot(results, "claim_hyperparams.png"))
+png = hyperparams.plot(results, "claim_hyperparams.png")
+print(f"figure written to {os.path.abspath(png)}")

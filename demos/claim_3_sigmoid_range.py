@@ -6,7 +6,9 @@ near-linear range (outputs in about (0.2, 0.8)); the learned gamma and beta let 
 The BN net trained with gamma/beta learned, frozen at (1, 0), and without BN; where its sigmoid
 outputs land. Also the notes' check: gamma = sqrt(sigma^2 + eps), beta = mu gives back Z itself.
 The code: tinygrad_bn/experiments/claims/sigmoid.py.
+Writes claim_sigmoid.png into the current folder (run it from where you want the picture).
 """
+import os
 import sys
 
 from tinygrad_bn.data import load_mnist5k
@@ -17,4 +19,5 @@ print(f"gamma = sqrt(var + eps), beta = mu: max |BN(x) - x| = {check['max_abs_er
 
 results = sigmoid.run(load_mnist5k(), quick="--quick" in sys.argv)
 print(sigmoid.conclusion(results))  # fraction of outputs in (0.2, 0.8) per layer, accuracy
-print("figure:", sigmoid.plot(results, "claim_sigmoid.png"))
+png = sigmoid.plot(results, "claim_sigmoid.png")
+print(f"figure written to {os.path.abspath(png)}")

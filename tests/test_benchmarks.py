@@ -83,4 +83,17 @@ def test_run_all_quick_writes_json(tmp_path):
     run_all.main(["--quick", "--only", "overhead", "--json", str(path)])
     data = json.loads(path.read_text())
     assert "overhead" in data and data["machine"]["numpy"] == np.__version__
-    assert data["targets"][0]["target"] == "per-op overhead vs torch" or "torch" not in sys.modules
+    if data["machine"]["torch"] is None:  # no torch rows, and no crash either
+        assert not data["targets"]
+    else:
+        assert data["targets"][0]["target"] == "per-op overhead vs torch"
+
+
+def test_without_torch_the_benchmarks_skip_its_rows_and_say_so(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(harness, "optional_torch", lambda pin=True: None)
+    path = tmp_path / "results.json"
+    run_all.main(["--quick", "--only", "overhead", "--json", str(path)])
+    out = capsys.readouterr().out
+    assert harness.TORCH_MISSING in out
+    data = json.loads(path.read_text())
+    assert "torch" not in data["overhead"]["candidates"] and not data["targets"]

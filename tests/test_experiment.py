@@ -167,7 +167,7 @@ def demo_out(tmp_path_factory, mnist5k):
     pytest.importorskip("tqdm")
     from tinygrad_bn.cli import main
     out = tmp_path_factory.mktemp("demo")
-    code = main(["demo", "--out", str(out), "--quick", "--steps", "200", "--seeds", "2",
+    code = main(["demo", "--out", str(out), "--quick", "--steps", "200", "--seeds", "0,1",
                  "--no-progress"])
     return out, code
 
@@ -264,6 +264,8 @@ def test_report_includes_registered_sections(tmp_path):
 def test_missing_optional_dependency_names_the_extra(monkeypatch, capsys):
     from tinygrad_bn.cli import main
     monkeypatch.setitem(sys.modules, "tqdm", None)
+    # bars are drawn with tqdm on a terminal only (else plain lines): pretend to be one
+    monkeypatch.setattr("tinygrad_bn.experiments.progress.interactive", lambda: True)
     assert main(["train", "--quick", "--out", "unused"]) == 2
     err = capsys.readouterr().err
     assert "pip install tinygrad_bn[demo]" in err and "tqdm" in err
@@ -274,3 +276,85 @@ def test_train_reports_missing_idx_files(tmp_path, capsys):
     code = main(["train", "--dataset", "fashion", "--data-dir", str(tmp_path), "--no-progress"])
     assert code == 2
     assert "--download" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- evaluation, progress, layering
+
+@pytest.mark.parametrize("activation", ["sigmoid", "relu", "tanh"])
+@pytest.mark.parametrize("bn", [False, True])
+def test_numpy_evaluation_equals_the_tensor_forward(bn, activation):
+    from tinygrad_bn import no_grad
+    from tinygrad_bn.experiments.mlp import evaluate_and_probe, numpy_forward
+    X_train, y_train, X_test, y_test = tiny_data(d=20)
+    model = build_mlp(bn=bn, hidden=(16, 12), n_in=20, activation=activation, init_std=0.3)
+    train_run(model, (X_train, y_train, X_test, y_test), steps=30, lr=0.3, batch_size=20,
+              eval_every=30)  # running statistics away from their initial 0 and 1
+    model.eval()
+    with no_grad():
+        logits = model(Tensor(X_test)).data
+    model.train()
+    np.testing.assert_allclose(numpy_forward(list(model), X_test), logits, rtol=1e-5, atol=1e-5)
+    accuracy, probe = evaluate_and_probe(model, X_test, y_test)
+    assert accuracy == np.mean(logits.argmax(axis=1) == y_test)
+    np.testing.assert_allclose(probe, activation_inputs(model, X_test), rtol=1e-5, atol=1e-5)
+    assert model.training  # evaluation leaves the mode alone
+
+
+def test_plain_progress_prints_lines_not_escape_codes(capsys, monkeypatch):
+    from tinygrad_bn.experiments import progress
+    now = [0.0]
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: now[0])
+    bar = progress.progress_bar(10, "with BN, seed 0")  # captured stdout: not a terminal
+    assert isinstance(bar, progress.PlainProgress)
+    for _ in range(10):
+        now[0] += 3.0  # a step every 3 s
+        bar.update(1)
+        bar.set_postfix(loss="0.5")
+    bar.close()
+    lines = capsys.readouterr().out.splitlines()
+    assert "\x1b" not in "".join(lines) and "\r" not in "".join(lines)
+    assert len(lines) == 6  # every second update is 5 s after the last line, plus the last
+    assert lines[-1].startswith("with BN, seed 0: step 10/10 (done)")
+    assert "loss 0.5" in lines[-1]
+
+
+def test_run_board_shows_a_run_when_it_starts_and_leaves_no_bar(monkeypatch):
+    import io
+
+    from tinygrad_bn.experiments import progress
+    monkeypatch.setattr(progress, "interactive", lambda: True)
+    out = io.StringIO()
+    board = progress.RunBoard(100, ["run a", "run b", "run c"], stream=out)
+    board.report(0, 0, None, None)
+    board.report(0, 50, 0.5, 0.9)
+    assert "run a" in out.getvalue() and "run b" not in out.getvalue()  # b is still queued
+    board.finish(0, {"steps": [0, 100], "train_loss": [None, 0.4], "final_test_acc": 0.91,
+                     "seconds": 2.0})
+    board.report(0, 100, 0.4, 0.91)  # a late message of a finished run: ignored
+    board.report(1, 0, None, None)
+    board.close_all()
+    text = out.getvalue()
+    assert "run a: 100 steps in 2 s, test acc 0.9100\n" in text
+    assert text.endswith("\x1b[1F\x1b[J")  # the last block (run b's bar) erased at the end
+
+
+def test_experiment_modules_import_one_way():
+    import ast
+
+    import tinygrad_bn.experiments.mnist_bn as mnist_bn
+    tree = ast.parse(open(mnist_bn.__file__).read())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert not any(name and name.endswith("plots") for name in imported), imported
+
+
+def test_reference_rows_sit_beside_runs_at_the_same_spacing():
+    from tinygrad_bn.experiments.mnist_bn import PRESETS, PYTORCH_REFERENCE, reference_cells
+    for dataset, ref in PYTORCH_REFERENCE.items():
+        assert PRESETS[dataset]["eval_every"] == ref["eval_every"]
+        cells, note = reference_cells(dataset, PRESETS[dataset]["steps"], ref["eval_every"])
+        assert set(cells) == {"no_bn", "bn"} and all(len(c) == 3 for c in cells.values())
+        assert "do not compare" not in note
+        _, note = reference_cells(dataset, PRESETS[dataset]["steps"], 10)
+        assert f"--eval-every {ref['eval_every']}" in note
+        assert reference_cells(dataset, 123, ref["eval_every"]) == ({}, "")

@@ -110,7 +110,10 @@ def out_dir(tmp_path_factory):
         figure = True
     except ImportError:
         figure = False
-    write_outputs(results, out, figure=figure)
+    write_outputs(results, out)
+    if figure:
+        from tinygrad_bn.experiments.plots import plot_figure
+        plot_figure(results, os.path.join(out, "mnist_bn.png"))
     for name, model in (("bn_graph.svg", "bn"), ("mlp_graph.svg", "mlp")):
         viz.render_batchnorm_graph(os.path.join(out, name), model=model)
     with open(os.path.join(out, report.GRADCHECK_JSON), "w") as f:

@@ -4,8 +4,16 @@ glibc's malloc gives large freed blocks back to the operating system (munmap, he
 so every training step touched fresh pages again: 1,700 page faults and ~25% of the time of a
 784-512-512-10 step at batch 256 (measured; 10,000 faults on the 1024-wide net). Raising the
 mmap and trim thresholds keeps those blocks in the heap for the next step, as the hand-written
-numpy step gets for free by working in place. Linux/glibc only; set TINYGRAD_BN_MALLOC=default
-to leave malloc as it is.
+numpy step gets for free by working in place.
+
+Importing tinygrad_bn changes nothing: a training program asks for it once, at its start,
+
+    from tinygrad_bn.allocator import keep_freed_memory
+    keep_freed_memory()
+
+as ``tinygrad-bn train``/``demo``, ``demos/train_mlp.py`` and the benchmarks do. It is
+process-wide (it also applies to everything else the process allocates) and cannot be undone.
+Linux/glibc only; TINYGRAD_BN_MALLOC=default makes the call do nothing.
 """
 import ctypes
 import ctypes.util

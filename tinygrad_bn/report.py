@@ -121,12 +121,9 @@ def _describe(cfg):
 
 
 def _summary_table(summary, cfg):
-    from .experiments.mnist_bn import PRESETS, PYTORCH_REFERENCE, VARIANT_LABELS
-    ref = PYTORCH_REFERENCE.get(cfg["dataset"], {}) \
-        if cfg["steps"] == PRESETS.get(cfg["dataset"], {}).get("steps") else {}
+    from .experiments.mnist_bn import VARIANT_LABELS, reference_cells
+    ref, note = reference_cells(cfg["dataset"], cfg["steps"], cfg["eval_every"])
     head = ["", "final test accuracy", "steps to 90%", "steps to 95%"]
-    if ref:
-        head += ["PyTorch: accuracy", "PyTorch: steps to 90%"]
     rows = []
     for variant, row in summary.items():
         cells = [VARIANT_LABELS.get(variant, variant), _ms(row["final_acc"], "{:.4f}")]
@@ -135,14 +132,11 @@ def _summary_table(summary, cfg):
             if row[key].get("reached", row["n_seeds"]) < row["n_seeds"]:
                 text += f" ({row[key]['reached']}/{row['n_seeds']} seeds)"
             cells.append(text)
-        if ref and variant in ref:
-            acc, s90 = ref[variant]["final_acc"], ref[variant]["steps_to_90"]
-            cells += [f"{acc[0]} ± {acc[1]}",
-                      f"{s90[0]:,}" + (f" ± {s90[1]:,}" if s90[1] is not None else "")]
         rows.append(cells)
+    rows += [[f"PyTorch, {VARIANT_LABELS.get(v, v)}"] + ref[v] for v in summary if v in ref]
     n = max((r["n_seeds"] for r in summary.values()), default=0)
     return _table(head, rows) + f"<p class='small'>mean ± sd over {n} seeds. Steps to a " \
-        f"threshold: the first evaluation at or above it.</p>"
+        f"threshold: the first evaluation at or above it. {_e(note)}</p>"
 
 
 def _ms(stat, pattern):

@@ -2,6 +2,8 @@
 import os
 import sys
 
+from .args import nonnegative_int, output_dir, positive_int
+
 HELP = "demo the lecture notes' claims (inputs, hyperparams, sigmoid, running-stats, " \
        "covariate-shift, curvature) with plots"
 
@@ -13,14 +15,16 @@ def add_arguments(parser):
     parser.add_argument("name", nargs="?", default="all", choices=NAMES + ("all",),
                         metavar="NAME|all", help=f"which claim: {', '.join(NAMES)}, or all "
                                                  f"(default)")
-    parser.add_argument("--out", default=os.path.join("out", "claims"), metavar="DIR",
+    parser.add_argument("--out", type=output_dir, default=os.path.join("out", "claims"),
+                        metavar="DIR",
                         help="output folder for claim_*.png/.json/.txt and sections/ "
                              "(default out/claims; point it at the demo's folder to add the "
                              "claims to its report.html)")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: a few seconds per claim, same pipeline and files")
-    parser.add_argument("--seed", type=int, default=0, help="seed of data split, init, batches")
-    parser.add_argument("--jobs", type=int, default=1, metavar="N",
+    parser.add_argument("--seed", type=nonnegative_int, default=0,
+                        help="seed of data split, init, batches (default 0)")
+    parser.add_argument("--jobs", type=positive_int, default=1, metavar="N",
                         help="processes for the hyperparams sweep (default 1: the machine may "
                              "be shared)")
     parser.add_argument("--progress", action="store_true", help="progress bars while training")
@@ -42,9 +46,6 @@ def run(args):
     from ..experiments.claims import CLAIMS, NEEDS_MNIST, run_claim
     from ..experiments.optional import MissingDependencyError, require
     names = list(NAMES) if args.name == "all" else [args.name]
-    if args.jobs < 1:
-        print(f"tinygrad-bn claims: --jobs must be >= 1, got {args.jobs}", file=sys.stderr)
-        return 2
     try:  # fail before training, not after it
         require("matplotlib", "drawing the claims' figures")
         if args.progress:

@@ -8,21 +8,23 @@ import time
 
 from .. import report
 from . import train
+from .args import output_dir, positive_int, seed_list
 
 HELP = "run the main demo: MNIST with and without batch norm, graph, gradchecks, report.html"
 
 
 def add_arguments(parser):
-    parser.add_argument("--out", default="out", metavar="DIR",
+    parser.add_argument("--out", type=output_dir, default="out", metavar="DIR",
                         help="output folder (default out); report.html is written into it")
     parser.add_argument("--quick", action="store_true",
                         help=f"smoke run: {train.QUICK['steps']} steps, "
                              f"{len(train.QUICK['seeds'])} seeds")
-    parser.add_argument("--steps", type=int, help="training steps per run (default 10,000)")
-    parser.add_argument("--seeds", type=train._seeds, default=None, metavar="N|S,S,...",
-                        help="a count (3 = seeds 0,1,2) or a comma-separated list (default 3)")
+    parser.add_argument("--steps", type=positive_int, metavar="N",
+                        help="training steps per run (default 10,000)")
+    parser.add_argument("--seeds", type=seed_list, default=None, metavar="S,S,...",
+                        help="the seeds, one run per seed and variant (default 0,1,2)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    parser.add_argument("--jobs", type=int, default=None, metavar="N",
+    parser.add_argument("--jobs", type=positive_int, default=None, metavar="N",
                         help="train N runs at once (default: CPU cores, at most 2)")
 
 
@@ -32,9 +34,15 @@ def run(args):
     _clear_own_notes(out)
     t0 = time.perf_counter()
     status = {}
-    status["experiment"] = _experiment(args, out)
-    status["graph"] = _graph(out)
-    status["gradcheck"] = _gradcheck(out)
+    try:
+        status["experiment"] = _experiment(args, out)
+        status["graph"] = _graph(out)
+        status["gradcheck"] = _gradcheck(out)
+    except KeyboardInterrupt:  # Ctrl-C: a report of what finished, then exit 130
+        path = report.build_report(out)
+        print(f"\ntinygrad-bn demo: interrupted; report of what finished: "
+              f"{os.path.abspath(path)}", file=sys.stderr)
+        return 130
     path = report.build_report(out)
     print(f"\ndemo finished in {time.perf_counter() - t0:.0f} s")
     for part, (state, text) in status.items():

@@ -3,12 +3,13 @@ import os
 import sys
 
 from ..viz import FORMATS, GraphvizNotFoundError, render_batchnorm_graph
+from .args import nonnegative_int, output_file
 
 HELP = "render the batch-norm computation graph (with gradients) to an svg/png/pdf/dot file"
 
 
 def add_arguments(parser):
-    parser.add_argument("--out", default="bn_graph.svg", metavar="PATH",
+    parser.add_argument("--out", type=output_file(FORMATS), default="bn_graph.svg", metavar="PATH",
                         help="output file; its suffix picks the format: "
                              f"{', '.join('.' + f for f in FORMATS)} (default bn_graph.svg)")
     parser.add_argument("--model", default="bn", choices=["bn", "mlp"],
@@ -20,7 +21,7 @@ def add_arguments(parser):
                              "backward() applies it")
     parser.add_argument("--no-grad", dest="grad", action="store_false",
                         help="leave out the value and gradient summaries")
-    parser.add_argument("--seed", default=0, type=int, help="random seed (default 0)")
+    parser.add_argument("--seed", default=0, type=nonnegative_int, help="random seed (default 0)")
 
 
 def run(args):

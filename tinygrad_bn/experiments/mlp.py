@@ -12,6 +12,7 @@ from ..autograd import no_grad
 from ..jit import jit
 from ..nn import functional as F
 from ..tensor import Tensor
+from .progress import progress_bar
 
 ACTIVATIONS = {"sigmoid": nn.Sigmoid, "relu": nn.ReLU, "tanh": nn.Tanh}
 
@@ -60,15 +61,76 @@ def _linear(n_in, n_out, bias, init_std, rng, dtype):
 
 def evaluate(model, X, y, batch_size=10000):
     """Accuracy of ``model`` on (X, y) in eval mode (population statistics), recording no graph."""
-    was_training = model.training
-    model.eval()
     correct = 0
-    with no_grad():
-        for start in range(0, len(X), batch_size):
-            logits = model(Tensor(X[start:start + batch_size])).data
-            correct += int((logits.argmax(axis=1) == y[start:start + batch_size]).sum())
-    model.train(was_training)
+    for start in range(0, len(X), batch_size):
+        logits = numpy_forward(model, X[start:start + batch_size], batch_stats=False)
+        correct += int((logits.argmax(axis=1) == y[start:start + batch_size]).sum())
     return correct / len(X)
+
+
+def numpy_forward(modules, x, batch_stats=False):
+    """The output of ``modules`` (applied in order) for the array ``x``, computed in plain numpy
+    from the layers' ``.data`` arrays: no graph, no per-op bookkeeping, the cost of the same
+    network written by hand. Batch norm normalizes with the running statistics, or, with
+    ``batch_stats``, with x's own (biased) ones, and never updates them. Layers other than
+    Linear, BatchNorm1d, ReLU, Sigmoid and Tanh run as Tensors under ``no_grad``."""
+    owned = False  # whether x is an array made here, which the next layer may overwrite
+    for module in modules:
+        if isinstance(module, nn.Linear):
+            x = x @ module.weight.data.T
+            if module.bias is not None:
+                x += module.bias.data
+        elif isinstance(module, nn.BatchNorm1d) and x.ndim == 2:
+            if batch_stats or not module.track_running_stats:
+                mean, var = x.mean(axis=0), x.var(axis=0)
+            else:
+                mean, var = module.running_mean.data, module.running_var.data
+            scale = 1 / np.sqrt(var + module.eps)
+            shift = -mean * scale
+            if module.affine:  # gamma * (x - mean) / std + beta, as one scale and one shift
+                scale, shift = scale * module.weight.data, shift * module.weight.data
+                shift += module.bias.data
+            x = x * scale if not owned else np.multiply(x, scale, out=x)
+            x += shift
+        elif isinstance(module, nn.Sigmoid):
+            x = np.negative(x) if not owned else np.negative(x, out=x)
+            with np.errstate(over="ignore"):  # exp(-x) = inf for x << 0 gives the right 0
+                np.exp(x, out=x)
+            x += 1
+            np.reciprocal(x, out=x)
+        elif isinstance(module, nn.ReLU):
+            x = np.maximum(x, 0, out=x if owned else None)
+        elif isinstance(module, nn.Tanh):
+            x = np.tanh(x, out=x if owned else None)
+        else:
+            with no_grad():
+                x = module(Tensor(x)).data
+            owned = False
+            continue
+        owned = True
+    return x
+
+
+def evaluate_and_probe(model, X, y, probe_layer=-1):
+    """(test accuracy in eval mode, the inputs of hidden activation ``probe_layer`` with batch
+    norm on X's own statistics), as ``evaluate`` and ``activation_inputs`` give them, in one
+    numpy pass: the layers before the first batch norm, which both share, run once."""
+    modules = list(model)
+    stop = _activation_indices(model)[probe_layer]
+    first_bn = next((i for i, m in enumerate(modules) if isinstance(m, nn.BatchNorm1d)),
+                    len(modules))
+    shared_until = min(first_bn, stop)
+    shared = numpy_forward(modules[:shared_until], X)
+    logits = numpy_forward(modules[shared_until:], shared)
+    accuracy = float((logits.argmax(axis=1) == y).mean())
+    return accuracy, numpy_forward(modules[shared_until:stop], shared, batch_stats=True)
+
+
+def _activation_indices(model):
+    found = [i for i, m in enumerate(model) if isinstance(m, tuple(ACTIVATIONS.values()))]
+    if not found:
+        raise ValueError("activation_inputs: the model has no Sigmoid/ReLU/Tanh layer")
+    return found
 
 
 def activation_inputs(model, X, layer=-1):
@@ -77,10 +139,7 @@ def activation_inputs(model, X, layer=-1):
     Batch-norm layers normalize with the statistics of X itself (as in training: gamma·x̂ + beta
     with x̂ = (x - mean_X) / sqrt(var_X + eps)) and leave their running statistics untouched.
     """
-    activations = [i for i, m in enumerate(model) if isinstance(m, tuple(ACTIVATIONS.values()))]
-    if not activations:
-        raise ValueError("activation_inputs: the model has no Sigmoid/ReLU/Tanh layer")
-    stop = activations[layer]
+    stop = _activation_indices(model)[layer]
     x = Tensor(X)
     with no_grad():
         for module in list(model)[:stop]:
@@ -138,10 +197,10 @@ def train_run(model, data, steps, lr, batch_size=60, eval_every=50, seed=0, opti
     def record(step):
         if data_parallel is not None and data_parallel.rank != 0:
             return
+        accuracy, inputs = evaluate_and_probe(model, X_test, y_test, probe_layer)
         out["steps"].append(step)
-        out["test_acc"].append(evaluate(model, X_test, y_test))
+        out["test_acc"].append(accuracy)
         out["train_loss"].append(loss_sum / loss_count if loss_count else None)
-        inputs = activation_inputs(model, X_test, probe_layer)
         out["percentiles"].append(np.percentile(inputs, percentiles, axis=0))
         if on_eval is not None:
             on_eval(step, out["train_loss"][-1], out["test_acc"][-1])
@@ -158,51 +217,45 @@ def train_run(model, data, steps, lr, batch_size=60, eval_every=50, seed=0, opti
     bar = progress_bar(steps, label) if progress else None
     start = time.perf_counter()
     model.train()
-    record(0)
-    batch = batches_per_epoch  # start with a fresh permutation
-    for step in range(1, steps + 1):
-        if batch == batches_per_epoch:
-            order = rng.permutation(len(X_train))
-            # One gathered copy per epoch; the batches below are slices of it.
-            X_epoch, y_epoch = X_train[order], y_train[order]
-            batch = 0
-        lo = batch * batch_size
-        batch += 1
-        xb, yb = X_epoch[lo:lo + batch_size], y_epoch[lo:lo + batch_size]
-        if data_parallel is not None:
-            xb, yb = data_parallel.shard(xb), data_parallel.shard(yb)
-        opt.zero_grad()
-        loss = forward_backward(Tensor(xb), yb)
-        if data_parallel is not None:
-            data_parallel.average_gradients()
-        opt.step()
-        value = loss.item() if data_parallel is None else data_parallel.mean_loss(loss.item())
-        loss_sum += value
-        loss_count += 1
-        if bar is not None:
-            bar.update(1)
-        if not math.isfinite(value) and stop_on_nan:
-            diverged = True
-            record(step)
-            break
-        if step % eval_every == 0 or step == steps:
-            record(step)
-            loss_sum, loss_count = 0.0, 0
+    try:
+        record(0)
+        batch = batches_per_epoch  # start with a fresh permutation
+        for step in range(1, steps + 1):
+            if batch == batches_per_epoch:
+                order = rng.permutation(len(X_train))
+                # One gathered copy per epoch; the batches below are slices of it.
+                X_epoch, y_epoch = X_train[order], y_train[order]
+                batch = 0
+            lo = batch * batch_size
+            batch += 1
+            xb, yb = X_epoch[lo:lo + batch_size], y_epoch[lo:lo + batch_size]
+            if data_parallel is not None:
+                xb, yb = data_parallel.shard(xb), data_parallel.shard(yb)
+            opt.zero_grad()
+            loss = forward_backward(Tensor(xb), yb)
+            if data_parallel is not None:
+                data_parallel.average_gradients()
+            opt.step()
+            value = loss.item() if data_parallel is None else data_parallel.mean_loss(loss.item())
+            loss_sum += value
+            loss_count += 1
             if bar is not None:
-                bar.set_postfix(loss=f"{out['train_loss'][-1]:.3f}",
-                                test_acc=f"{out['test_acc'][-1]:.4f}", refresh=False)
-    if bar is not None:
-        bar.close()
+                bar.update(1)
+            if not math.isfinite(value) and stop_on_nan:
+                diverged = True
+                record(step)
+                break
+            if step % eval_every == 0 or step == steps:
+                record(step)
+                loss_sum, loss_count = 0.0, 0
+                if bar is not None:
+                    bar.set_postfix(loss=f"{out['train_loss'][-1]:.3f}",
+                                    test_acc=f"{out['test_acc'][-1]:.4f}", refresh=False)
+    finally:  # also on Ctrl-C: no half-drawn bar left behind
+        if bar is not None:
+            bar.close()
     out["percentiles"] = np.asarray(out["percentiles"])
     out["final_test_acc"] = out["test_acc"][-1] if out["test_acc"] else None
     out["diverged"] = diverged
     out["seconds"] = time.perf_counter() - start
     return out
-
-
-def progress_bar(total, label, position=None):
-    """A tqdm bar counting training steps (tqdm is an optional [demo] dependency)."""
-    from .optional import require
-    tqdm = require("tqdm", "the progress bar").tqdm
-    return tqdm(total=total, desc=label or "train", unit="step", mininterval=0.5,
-                dynamic_ncols=True, leave=True, position=position)

@@ -229,10 +229,22 @@ class Module:
 
     def load(self, path: str | os.PathLike) -> Module:
         """Read a state dict written by ``save`` (shapes must match this module)."""
+        import zipfile
         if not os.path.exists(path) and os.path.exists(f"{path}.npz"):
             path = f"{path}.npz"  # np.savez added the suffix
-        with np.load(path) as f:
-            return self.load_state_dict({k: f[k] for k in f.files})
+        # We open the file, so it is closed whatever numpy makes of it; no pickles either way.
+        with open(path, "rb") as raw:
+            try:
+                if raw.read(2) != b"PK":  # every .npz is a zip archive
+                    raise ValueError("it is not a zip archive, as every .npz is")
+                raw.seek(0)
+                with np.load(raw, allow_pickle=False) as f:
+                    state = {k: f[k] for k in f.files}
+            except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+                raise ValueError(f"load: {path} is not a readable .npz state dict ({e}); it "
+                                 f"may be truncated or another format. Write it again with "
+                                 f"Module.save.") from None
+        return self.load_state_dict(state)
 
     # ---- printing ----
     def extra_repr(self) -> str:

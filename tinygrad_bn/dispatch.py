@@ -95,6 +95,8 @@ def unbroadcast(g, shape, op_name):
 
 def cast(a, dtype):
     """``a`` as ``dtype`` (a gradient takes its input's dtype)."""
+    if type(a) is not np.ndarray:  # a Tensor (create_graph): a recorded cast, differentiable
+        return a.to(dtype)
     return run(_astype, a, dtype)
 
 
@@ -138,6 +140,14 @@ def update(fn, *args):
     ``fn`` without this function, and the count must still go up, or a graph made outside the
     step would differentiate with the new values."""
     return run(fn, *args)
+
+
+def update_tensor(t, fn, *args):
+    """``update(fn, t.data, *args)``: an in-place op on tensor ``t``, which a hook is told of
+    (a tensor kept across calls, such as an average of weights, is then read live by a jit)."""
+    if _hooked_threads and _STATE.hook is not None:
+        _STATE.hook.writes_into(t)
+    return run(fn, t.data, *args)
 
 
 def read(what):

@@ -442,6 +442,9 @@ class Tensor:
         name = op.name if op is not None and op is not ops.EXPAND else \
             "fill_" if op is None else "copy_"
         compute = result_dtype(self, other)
+        if op is ops.SUB and _rank_and_dtype(other)[1].kind == "b":  # as x - mask
+            raise TypeError("subtraction (-=, sub_) of a bool operand is not supported (as in "
+                            "PyTorch); to invert a mask use ~mask, or convert it with .long()")
         if _CATEGORY[compute.kind] > _CATEGORY[self.data.dtype.kind]:
             raise RuntimeError(f"in-place {name}: result type {compute} can't be cast to the "
                                f"desired output type {self.dtype} (PyTorch refuses it too); use "
@@ -477,8 +480,7 @@ class Tensor:
         if not grad:
             fn = _INPLACE.get(op, _copy_into)
             try:
-                dispatch.update(fn, self.data,
-                                other.data if number is None else number)
+                dispatch.update_tensor(self, fn, other.data if number is None else number)
             except TypeError as e:  # numpy refuses a cast that loses the kind (float -> int)
                 raise RuntimeError(f"in-place {name}: the result of dtype {other.dtype} cannot "
                                    f"be stored in a tensor of dtype {self.dtype} ({e})") from None

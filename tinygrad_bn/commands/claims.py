@@ -2,6 +2,8 @@
 import os
 import sys
 
+from . import seed
+
 HELP = "demo the lecture notes' claims (inputs, hyperparams, sigmoid, running-stats, " \
        "covariate-shift, curvature) with plots"
 
@@ -19,7 +21,7 @@ def add_arguments(parser):
                              "claims to its report.html)")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: a few seconds per claim, same pipeline and files")
-    parser.add_argument("--seed", type=int, default=0, help="seed of data split, init, batches")
+    parser.add_argument("--seed", type=seed, default=0, help="seed of data split, init, batches")
     parser.add_argument("--jobs", type=int, default=1, metavar="N",
                         help="processes for the hyperparams sweep (default 1: the machine may "
                              "be shared)")

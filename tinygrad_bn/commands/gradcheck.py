@@ -21,6 +21,7 @@ from ..gradcheck import (
 )
 from ..samples import SAMPLES, make_inputs
 from ..tensor import Tensor
+from . import seed
 
 HELP = "check every gradient against float64 central differences; batch norm three ways"
 
@@ -31,7 +32,7 @@ BN_PARAMS = ("x", "gamma", "beta")
 def add_arguments(parser):
     parser.add_argument("--shape", default="8,3", type=_shape,
                         help="batch-norm input shape N,C (default 8,3; N >= 2)")
-    parser.add_argument("--seed", default=0, type=int, help="random seed (default 0)")
+    parser.add_argument("--seed", type=seed, default=0, help="random seed (default 0)")
     parser.add_argument("--dtype", default="float64", choices=["float64", "float32"],
                         help="dtype of the generated inputs; checks always run on float64 copies")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")

@@ -3,6 +3,7 @@ import os
 import sys
 
 from ..viz import FORMATS, GraphvizNotFoundError, render_batchnorm_graph
+from . import seed
 
 HELP = "render the batch-norm computation graph (with gradients) to an svg/png/pdf/dot file"
 
@@ -20,7 +21,7 @@ def add_arguments(parser):
                              "backward() applies it")
     parser.add_argument("--no-grad", dest="grad", action="store_false",
                         help="leave out the value and gradient summaries")
-    parser.add_argument("--seed", default=0, type=int, help="random seed (default 0)")
+    parser.add_argument("--seed", type=seed, default=0, help="random seed (default 0)")
 
 
 def run(args):

@@ -156,6 +156,75 @@ def test_jit_replays_in_place_updates_of_tensors_kept_beside_the_model(update):
         np.testing.assert_array_equal(a, b)
 
 
+# ---- in-place x the graph: ported micrograd, and edges kept as torch keeps them ----
+
+def _micrograd_more_ops(make):
+    # micrograd's test_more_ops, with tensors for its Values (its += rebinds, ours writes)
+    a, b = make(-4.0), make(2.0)
+    c = a + b
+    d = a * b + b ** 3
+    c += c + 1
+    c += 1 + c + (-a)
+    d += d * 2 + (b + a).relu()
+    d += 3 * d + (b - a).relu()
+    e = c - d
+    f = e ** 2
+    g = f / 2.0
+    g += 10.0 / f
+    g.backward()
+    return [float(v.item()) for v in (g, a.grad, b.grad)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_micrograd_more_ops_with_in_place_adds(dtype):
+    # d * 2 read d; the recorded d += ... then gave d a new node, and backward refused ("input
+    # 1 of 'mul' was changed"), where torch keeps the edge to the old d and differentiates.
+    ours = _micrograd_more_ops(lambda v: Tensor(np.array(v, dtype), requires_grad=True))
+    theirs = _micrograd_more_ops(lambda v: torch.tensor(v, dtype=torch.float32 if dtype ==
+                                                        np.float32 else torch.float64,
+                                                        requires_grad=True))
+    np.testing.assert_allclose(ours, theirs, rtol=1e-6 if dtype == np.float32 else 1e-12)
+
+
+def _routing(lib_tensor, which):
+    x = lib_tensor([1.0, 2.0], True)
+    if which == "read_then_added":  # h * 3 needs only the 3: the edge to old h must stay
+        h = x * 2
+        y = h * 3
+        h += x
+        out = y + h
+    elif which == "constant_becomes_a_node":
+        c = lib_tensor([3.0, 4.0], False)
+        y = c * 2 * x.sum()
+        c += x
+        out = y.sum() + (c * c).sum()
+    else:  # rebound twice, read in between
+        h = x + 0
+        a = h + 1
+        h += 5
+        b = h * 1
+        h += x
+        out = a * 2 + b + h
+    out.sum().backward()
+    return x.grad
+
+
+@pytest.mark.parametrize("which", ["read_then_added", "constant_becomes_a_node", "twice"])
+def test_nodes_read_before_a_recorded_in_place_op_keep_their_edge(which):
+    ours = _routing(lambda a, rg: Tensor(np.array(a), requires_grad=rg), which)
+    theirs = _routing(lambda a, rg: torch.tensor(np.array(a), requires_grad=rg), which)
+    np.testing.assert_allclose(ours.data, theirs.numpy(), rtol=1e-12)
+
+
+def test_a_saved_value_overwritten_by_a_recorded_in_place_op_still_raises():
+    x = Tensor(np.array([1.0, 2.0]), requires_grad=True)
+    c = Tensor(np.array([3.0, 4.0]))
+    y = c * x  # saves c for x's gradient
+    c += x
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        (y.sum() + c.sum()).backward()
+
+
 # ---- CLI ----
 
 @pytest.mark.parametrize("command", ["gradcheck", "graph", "claims"])

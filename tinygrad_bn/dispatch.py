@@ -231,15 +231,30 @@ def _prune():
     _PRUNE_AT[0] = max(1024, 2 * len(_LAST_WRITE), 2 * len(_REBOUND))
 
 
-def rebind(t):
+def rebind(t, before=None):
     """Count that tensor ``t`` got a new node (a recorded in-place op) or a new array
     (load_state_dict): a node that read ``t`` before reaches it through the tensor, so it would
-    send its gradient to the new node or differentiate with the new values."""
+    send its gradient to the new node or differentiate with the new values. ``before``: for a
+    recorded in-place op, the vertex ``t`` stood for until now (``vertex_at``)."""
     global WRITES
     WRITES += 1
     if len(_REBOUND) >= _PRUNE_AT[0]:
         _prune()
     _REBOUND[id(t)] = (weakref.ref(t), WRITES)
+    if before is not None or t in _BEFORE:
+        _BEFORE.setdefault(t, []).append((WRITES, before))
+
+
+# tensor -> [(WRITES at each rebind, the vertex it stood for before it, or None for new arrays)]
+_BEFORE = weakref.WeakKeyDictionary()
+
+
+def vertex_at(t, epoch):
+    """The graph vertex tensor ``t`` stood for at write count ``epoch``, if since then only
+    recorded in-place ops rebound it (as PyTorch, a node keeps the edge it was made with);
+    None if it got new arrays (load_state_dict) or was never rebound."""
+    later = [before for count, before in _BEFORE.get(t, ()) if count > epoch]
+    return later[0] if later and None not in later else None
 
 
 def rebound_since(t, epoch):

@@ -505,8 +505,10 @@ class Tensor:
         if new.dtype != self.dtype:
             new = _cast(new, self.dtype)
         dispatch.update(_copy_into, self.data, new.data)
+        # nodes that read self before keep their edge to what self was (old's vertex)
+        before = old if old._ctx is None else old._ctx
         self._ctx, self.requires_grad = new._ctx, new.requires_grad
-        dispatch.rebind(self)  # nodes that read self before: their edge is stale now
+        dispatch.rebind(self, before)
         return self
 
     # ---- elementwise functions ----

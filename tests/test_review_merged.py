@@ -216,6 +216,22 @@ def test_nodes_read_before_a_recorded_in_place_op_keep_their_edge(which):
     np.testing.assert_allclose(ours.data, theirs.numpy(), rtol=1e-12)
 
 
+def test_retain_grad_follows_a_tensor_through_a_recorded_in_place_op():
+    # torch keeps .grad for the tensor's new value; ours kept the old node's gradient
+    def run(make):
+        x = make([1.0, 2.0], True)
+        h = x * 2
+        h.retain_grad()
+        a = h * 3
+        h += x
+        (a + h * h).sum().backward()
+        return h.grad, x.grad
+    ours = run(lambda a, rg: Tensor(np.array(a), requires_grad=rg))
+    theirs = run(lambda a, rg: torch.tensor(np.array(a), requires_grad=rg))
+    for o, t in zip(ours, theirs):
+        np.testing.assert_allclose(o.data, t.numpy(), rtol=1e-12)
+
+
 def test_a_saved_value_overwritten_by_a_recorded_in_place_op_still_raises():
     x = Tensor(np.array([1.0, 2.0]), requires_grad=True)
     c = Tensor(np.array([3.0, 4.0]))

@@ -509,6 +509,9 @@ class Tensor:
         before = old if old._ctx is None else old._ctx
         self._ctx, self.requires_grad = new._ctx, new.requires_grad
         dispatch.rebind(self, before)
+        if old._ctx is not None and callable(old._ctx.retains) and old._ctx.retains() is self:
+            old._ctx.retains = None  # retain_grad() follows the tensor to its new value (torch)
+            autograd.retain_grad(self)
         return self
 
     # ---- elementwise functions ----

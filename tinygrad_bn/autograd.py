@@ -281,7 +281,7 @@ def toposort(root, grad_only=True):
     while stack:
         v = pop()
         if type(v) is Node and v.args is not None:
-            stale = v.epoch != dispatch.WRITES  # an input may have been rebound since
+            stale = v.epoch < dispatch.LAST_REBIND  # an input may have been rebound since
             for a in v.args:
                 p = a if type(a) is Node else (_parent_at(a, v.epoch) if stale else
                                                (a._ctx or a))  # _parent(a), inlined
@@ -351,9 +351,9 @@ def _backward(root, grad, retain_graph, create_graph, inputs, wrap):
                 "backward through a graph whose saved values were already freed by an earlier "
                 "backward(); call backward(retain_graph=True) the first time if you need a "
                 "second pass")
-        stale = v.epoch != dispatch.WRITES
-        if stale:  # something was written in place since v was recorded
+        if v.epoch != dispatch.WRITES:  # something was written in place since v was recorded
             _check_saved(v)
+        stale = v.epoch < dispatch.LAST_REBIND  # an input may have been rebound since
         op, attrs, out = v.op, v.attrs, v.out
         if create_graph:  # the rules get Tensors of this graph, to be differentiated again
             arrays = args

@@ -236,14 +236,17 @@ def rebind(t, before=None):
     (load_state_dict): a node that read ``t`` before reaches it through the tensor, so it would
     send its gradient to the new node or differentiate with the new values. ``before``: for a
     recorded in-place op, the vertex ``t`` stood for until now (``vertex_at``)."""
-    global WRITES
+    global WRITES, LAST_REBIND
     WRITES += 1
+    LAST_REBIND = WRITES
     if len(_REBOUND) >= _PRUNE_AT[0]:
         _prune()
     _REBOUND[id(t)] = (weakref.ref(t), WRITES)
     if before is not None or t in _BEFORE:
         _BEFORE.setdefault(t, []).append((WRITES, before))
 
+
+LAST_REBIND = 0  # WRITES at the last rebind: a node made after it reaches its inputs as they are
 
 # tensor -> [(WRITES at each rebind, the vertex it stood for before it, or None for new arrays)]
 _BEFORE = weakref.WeakKeyDictionary()

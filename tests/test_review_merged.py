@@ -110,6 +110,21 @@ def test_sub_of_a_bool_in_place_is_refused_as_out_of_place(dtype):
     assert ((Tensor(x) + True).data == torch.tensor(x).add(True).numpy()).all()  # add is fine
 
 
+@pytest.mark.parametrize("kind", ["tensor", "ndarray"])
+def test_an_index_changed_in_place_after_indexing_does_not_move_the_gradient(kind):
+    # x[idx] kept idx's array for its derivative; idx += 1 then sent the gradient to other
+    # positions, silently. torch refuses (idx is saved); ours differentiates what was computed:
+    # the gradient of x[[0, 1]] * [1, 10] whatever idx holds now.
+    x = Tensor(np.array([1.0, 2.0, 3.0]), requires_grad=True)
+    idx = Tensor(np.array([0, 1])) if kind == "tensor" else np.array([0, 1])
+    y = x[idx] * Tensor(np.array([1.0, 10.0]))
+    idx += 1
+    y.sum().backward()
+    tx = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64, requires_grad=True)
+    (tx[torch.tensor([0, 1])] * torch.tensor([1.0, 10.0], dtype=torch.float64)).sum().backward()
+    np.testing.assert_array_equal(x.grad.data, tx.grad.numpy())
+
+
 # ---- in-place x jit ----
 
 def _ema_run(use_jit, update, steps=6, replace_at=None):

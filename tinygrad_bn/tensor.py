@@ -847,7 +847,11 @@ def _index_arg(index):
         index = index.data
     if isinstance(index, list):
         index = run(np.asarray, index)
-    if isinstance(index, np.ndarray) and index.dtype.kind not in "biu":
-        raise IndexError(f"tensors used as indices must be integer or bool, got dtype "
-                         f"{index.dtype} (as in PyTorch); convert with .long()")
+    if isinstance(index, np.ndarray):
+        if index.dtype.kind not in "biu":
+            raise IndexError(f"tensors used as indices must be integer or bool, got dtype "
+                             f"{index.dtype} (as in PyTorch); convert with .long()")
+        # the node keeps the index for its derivative: a copy, so that idx += 1 afterwards
+        # cannot send the gradient to other positions
+        index = run(np.array, index)
     return index

@@ -125,6 +125,33 @@ def test_an_index_changed_in_place_after_indexing_does_not_move_the_gradient(kin
     np.testing.assert_array_equal(x.grad.data, tx.grad.numpy())
 
 
+@pytest.mark.parametrize("dtype,index,value", [
+    (np.float64, 1, 7.5), (np.int64, 0, 2.7), (np.float32, slice(0, 2), [9.0, 8.0]),
+    (np.float64, np.array([0, 2]), -1.0), (np.float64, np.array([True, False, True]), 0.25),
+    (bool, 1, 5)])
+def test_item_assignment_as_torch(dtype, index, value):
+    # x[i] = v, the commonest in-place write of PyTorch code, was a bare Python TypeError
+    x = np.array([1, 0, 3]).astype(dtype)
+    ours, theirs = Tensor(x.copy()), torch.tensor(x.copy())
+    ours[Tensor(index) if isinstance(index, np.ndarray) else index] = \
+        Tensor(np.array(value)) if isinstance(value, list) else value
+    theirs[torch.tensor(index) if isinstance(index, np.ndarray) else index] = \
+        torch.tensor(value) if isinstance(value, list) else value
+    assert ours.dtype == theirs.numpy().dtype
+    np.testing.assert_array_equal(ours.data, theirs.numpy())
+
+
+def test_item_assignment_while_recording_is_refused_and_counted_as_a_write():
+    w = Tensor(np.array([1.0, 2.0]), requires_grad=True)
+    with pytest.raises(RuntimeError, match="no_grad"):
+        w[0] = 1.0
+    c = Tensor(np.array([3.0, 4.0]))
+    y = (c * w).sum()  # saves c for w's gradient
+    c[0] = 0.0
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.backward()
+
+
 # ---- in-place x jit ----
 
 def _ema_run(use_jit, update, steps=6, replace_at=None):

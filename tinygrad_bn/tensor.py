@@ -638,6 +638,18 @@ class Tensor:
     def __getitem__(self, index):
         return _apply(ops.GETITEM, self, index=_index_arg(index))
 
+    def __setitem__(self, index, value):
+        """``x[index] = value``, in place (value cast to x's dtype, as torch), when no gradient
+        is being recorded through x or value."""
+        if autograd.is_grad_enabled() and (self.requires_grad or
+                                           getattr(value, "requires_grad", False)):
+            raise RuntimeError(f"x[index] = value on a tensor of shape {self.shape} while "
+                               f"recording gradients is not supported; build the result out of "
+                               f"place (e.g. x * (1 - mask) + value * mask), or assign under "
+                               f"no_grad()")
+        value = value.data if isinstance(value, Tensor) else value
+        dispatch.update_tensor(self, _set_items, _index_arg(index), value)
+
     def scatter_add(self, index: object, shape: tuple[Int, ...]) -> Tensor:
         """Zeros of ``shape`` with self added at ``index`` (repeats accumulate): the derivative
         of ``x[index]``, which indexing's rule calls on Tensors (create_graph=True)."""
@@ -691,6 +703,11 @@ def _write_with(ufunc):
         dispatch.bump(a)
     write.__name__ = f"{ufunc.__name__}_in_place"
     return write
+
+
+def _set_items(a, index, value):
+    a[index] = value
+    dispatch.bump(a)
 
 
 # Ops whose result is a view of their input's memory (when numpy can make one).

@@ -54,7 +54,7 @@ class Node:
 
     @property
     def parents(self):
-        return () if self.args is None else tuple(_parent(a) for a in self.args)
+        return () if self.args is None else tuple(_parent_at(a, self.epoch) for a in self.args)
 
     @property
     def ndim(self):
@@ -67,6 +67,16 @@ class Node:
 def _parent(arg):
     """The vertex an entry of ``Node.args`` stands for: a node, or a tensor without one."""
     return arg if type(arg) is Node else (arg._ctx or arg)
+
+
+def _parent_at(arg, epoch):
+    """``_parent(arg)`` as it was when a node of write count ``epoch`` was made: a tensor
+    rebound since by a recorded in-place op still stands for its vertex before that op."""
+    if type(arg) is not Node and dispatch.rebound_since(arg, epoch):
+        before = dispatch.vertex_at(arg, epoch)
+        if before is not None:
+            return before
+    return _parent(arg)
 
 
 def is_node(vertex):
@@ -184,7 +194,8 @@ def _check_saved(node):
     reads = node.op.reads_inputs
     for i in range(len(reads)):
         if reads[i]:
-            if dispatch.rebound_since(args[i], epoch):
+            if dispatch.rebound_since(args[i], epoch) and \
+                    dispatch.vertex_at(args[i], epoch) is None:
                 raise RuntimeError(
                     f"input {i} of '{node.op.name}' (shape {node.shape}) was changed after "
                     f"'{node.op.name}' read it, by a recorded in-place operation (its gradient "
@@ -199,7 +210,7 @@ def _check_saved(node):
 def _needed(node, i):
     """Whether a rule that backward will run (of an input that needs a gradient) reads input i."""
     rule_reads = dispatch.kernel(node.op).vjp_reads  # per rule, per input
-    return any(_parent(a).requires_grad and reads[i]
+    return any(_parent_at(a, node.epoch).requires_grad and reads[i]
                for a, reads in zip(node.args, rule_reads))
 
 
@@ -214,7 +225,7 @@ def _refuse_written(node, what, a):
 def _needed_saved(node):
     """Per array of ``_saved_versions(node)``: whether a rule that backward will run reads it
     (the rules of inputs that need a gradient; the output whenever the op reads it)."""
-    runs = [_parent(a).requires_grad for a in node.args]
+    runs = [_parent_at(a, node.epoch).requires_grad for a in node.args]
     rule_reads = dispatch.kernel(node.op).vjp_reads  # per rule, per input
     needed = [any(run and reads[i] for run, reads in zip(runs, rule_reads))
               for i, r in enumerate(node.op.reads_inputs) if r]
@@ -270,8 +281,10 @@ def toposort(root, grad_only=True):
     while stack:
         v = pop()
         if type(v) is Node and v.args is not None:
+            stale = v.epoch < dispatch.LAST_REBIND  # an input may have been rebound since
             for a in v.args:
-                p = a if type(a) is Node else (a._ctx or a)  # _parent(a), inlined
+                p = a if type(a) is Node else (_parent_at(a, v.epoch) if stale else
+                                               (a._ctx or a))  # _parent(a), inlined
                 if p not in seen and (p.requires_grad or not grad_only):
                     seen[p] = None
                     push(p)
@@ -340,6 +353,7 @@ def _backward(root, grad, retain_graph, create_graph, inputs, wrap):
                 "second pass")
         if v.epoch != dispatch.WRITES:  # something was written in place since v was recorded
             _check_saved(v)
+        stale = v.epoch < dispatch.LAST_REBIND  # an input may have been rebound since
         op, attrs, out = v.op, v.attrs, v.out
         if create_graph:  # the rules get Tensors of this graph, to be differentiated again
             arrays = args
@@ -359,7 +373,8 @@ def _backward(root, grad, retain_graph, create_graph, inputs, wrap):
         # temporary is summed down and freed before the first input's gradient is made.
         for i in range(len(args) - 1, -1, -1):
             a = args[i]
-            p = a if type(a) is Node else (a._ctx or a)  # _parent(a), inlined
+            p = a if type(a) is Node else (_parent_at(a, v.epoch) if stale else
+                                           (a._ctx or a))  # _parent(a), inlined
             if not p.requires_grad:
                 continue
             pg = dispatch.vjp(op, i, g, out, arrays, attrs)

@@ -95,6 +95,8 @@ def unbroadcast(g, shape, op_name):
 
 def cast(a, dtype):
     """``a`` as ``dtype`` (a gradient takes its input's dtype)."""
+    if type(a) is not np.ndarray:  # a Tensor (create_graph): a recorded cast, differentiable
+        return a.to(dtype)
     return run(_astype, a, dtype)
 
 
@@ -138,6 +140,14 @@ def update(fn, *args):
     ``fn`` without this function, and the count must still go up, or a graph made outside the
     step would differentiate with the new values."""
     return run(fn, *args)
+
+
+def update_tensor(t, fn, *args):
+    """``update(fn, t.data, *args)``: an in-place op on tensor ``t``, which a hook is told of
+    (a tensor kept across calls, such as an average of weights, is then read live by a jit)."""
+    if _hooked_threads and _STATE.hook is not None:
+        _STATE.hook.writes_into(t)
+    return run(fn, t.data, *args)
 
 
 def read(what):
@@ -221,15 +231,33 @@ def _prune():
     _PRUNE_AT[0] = max(1024, 2 * len(_LAST_WRITE), 2 * len(_REBOUND))
 
 
-def rebind(t):
+def rebind(t, before=None):
     """Count that tensor ``t`` got a new node (a recorded in-place op) or a new array
     (load_state_dict): a node that read ``t`` before reaches it through the tensor, so it would
-    send its gradient to the new node or differentiate with the new values."""
-    global WRITES
+    send its gradient to the new node or differentiate with the new values. ``before``: for a
+    recorded in-place op, the vertex ``t`` stood for until now (``vertex_at``)."""
+    global WRITES, LAST_REBIND
     WRITES += 1
+    LAST_REBIND = WRITES
     if len(_REBOUND) >= _PRUNE_AT[0]:
         _prune()
     _REBOUND[id(t)] = (weakref.ref(t), WRITES)
+    if before is not None or t in _BEFORE:
+        _BEFORE.setdefault(t, []).append((WRITES, before))
+
+
+LAST_REBIND = 0  # WRITES at the last rebind: a node made after it reaches its inputs as they are
+
+# tensor -> [(WRITES at each rebind, the vertex it stood for before it, or None for new arrays)]
+_BEFORE = weakref.WeakKeyDictionary()
+
+
+def vertex_at(t, epoch):
+    """The graph vertex tensor ``t`` stood for at write count ``epoch``, if since then only
+    recorded in-place ops rebound it (as PyTorch, a node keeps the edge it was made with);
+    None if it got new arrays (load_state_dict) or was never rebound."""
+    later = [before for count, before in _BEFORE.get(t, ()) if count > epoch]
+    return later[0] if later and None not in later else None
 
 
 def rebound_since(t, epoch):

@@ -442,6 +442,9 @@ class Tensor:
         name = op.name if op is not None and op is not ops.EXPAND else \
             "fill_" if op is None else "copy_"
         compute = result_dtype(self, other)
+        if op is ops.SUB and _rank_and_dtype(other)[1].kind == "b":  # as x - mask
+            raise TypeError("subtraction (-=, sub_) of a bool operand is not supported (as in "
+                            "PyTorch); to invert a mask use ~mask, or convert it with .long()")
         if _CATEGORY[compute.kind] > _CATEGORY[self.data.dtype.kind]:
             raise RuntimeError(f"in-place {name}: result type {compute} can't be cast to the "
                                f"desired output type {self.dtype} (PyTorch refuses it too); use "
@@ -477,8 +480,7 @@ class Tensor:
         if not grad:
             fn = _INPLACE.get(op, _copy_into)
             try:
-                dispatch.update(fn, self.data,
-                                other.data if number is None else number)
+                dispatch.update_tensor(self, fn, other.data if number is None else number)
             except TypeError as e:  # numpy refuses a cast that loses the kind (float -> int)
                 raise RuntimeError(f"in-place {name}: the result of dtype {other.dtype} cannot "
                                    f"be stored in a tensor of dtype {self.dtype} ({e})") from None
@@ -503,8 +505,13 @@ class Tensor:
         if new.dtype != self.dtype:
             new = _cast(new, self.dtype)
         dispatch.update(_copy_into, self.data, new.data)
+        # nodes that read self before keep their edge to what self was (old's vertex)
+        before = old if old._ctx is None else old._ctx
         self._ctx, self.requires_grad = new._ctx, new.requires_grad
-        dispatch.rebind(self)  # nodes that read self before: their edge is stale now
+        dispatch.rebind(self, before)
+        if old._ctx is not None and callable(old._ctx.retains) and old._ctx.retains() is self:
+            old._ctx.retains = None  # retain_grad() follows the tensor to its new value (torch)
+            autograd.retain_grad(self)
         return self
 
     # ---- elementwise functions ----
@@ -631,6 +638,18 @@ class Tensor:
     def __getitem__(self, index):
         return _apply(ops.GETITEM, self, index=_index_arg(index))
 
+    def __setitem__(self, index, value):
+        """``x[index] = value``, in place (value cast to x's dtype, as torch), when no gradient
+        is being recorded through x or value."""
+        if autograd.is_grad_enabled() and (self.requires_grad or
+                                           getattr(value, "requires_grad", False)):
+            raise RuntimeError(f"x[index] = value on a tensor of shape {self.shape} while "
+                               f"recording gradients is not supported; build the result out of "
+                               f"place (e.g. x * (1 - mask) + value * mask), or assign under "
+                               f"no_grad()")
+        value = value.data if isinstance(value, Tensor) else value
+        dispatch.update_tensor(self, _set_items, _index_arg(index), value)
+
     def scatter_add(self, index: object, shape: tuple[Int, ...]) -> Tensor:
         """Zeros of ``shape`` with self added at ``index`` (repeats accumulate): the derivative
         of ``x[index]``, which indexing's rule calls on Tensors (create_graph=True)."""
@@ -684,6 +703,11 @@ def _write_with(ufunc):
         dispatch.bump(a)
     write.__name__ = f"{ufunc.__name__}_in_place"
     return write
+
+
+def _set_items(a, index, value):
+    a[index] = value
+    dispatch.bump(a)
 
 
 # Ops whose result is a view of their input's memory (when numpy can make one).
@@ -840,7 +864,11 @@ def _index_arg(index):
         index = index.data
     if isinstance(index, list):
         index = run(np.asarray, index)
-    if isinstance(index, np.ndarray) and index.dtype.kind not in "biu":
-        raise IndexError(f"tensors used as indices must be integer or bool, got dtype "
-                         f"{index.dtype} (as in PyTorch); convert with .long()")
+    if isinstance(index, np.ndarray):
+        if index.dtype.kind not in "biu":
+            raise IndexError(f"tensors used as indices must be integer or bool, got dtype "
+                             f"{index.dtype} (as in PyTorch); convert with .long()")
+        # the node keeps the index for its derivative: a copy, so that idx += 1 afterwards
+        # cannot send the gradient to other positions
+        index = run(np.array, index)
     return index

@@ -313,6 +313,11 @@ class Tape:
         self._alive.append(v)
         return ("o", _Ref(v))
 
+    def writes_into(self, tensor):
+        """An in-place op writes into ``tensor``'s array: if it was made before the call (an
+        average of weights beside the model), it is that tensor's, read live at replay."""
+        self._spec(tensor.data, tensor)
+
     def alias(self, tensor, original):
         """``tensor`` wraps ``original``'s array (``detach()``): read it as ``original.data``."""
         self._aliases[id(tensor)] = self._aliases.get(id(original), original)

@@ -241,7 +241,8 @@ def test_shape_errors_name_op_and_shapes():
     with pytest.raises(ValueError, match="axis 2 is out of range"):
         a.sum(axis=2)
     with pytest.raises(ValueError, match="permutation"):
-        Tensor(np.ones((2, 3, 4))).transpose(0, 1)
+        Tensor(np.ones((2, 3, 4))).transpose(0, 1, 1)
+    assert Tensor(np.ones((2, 3, 4))).transpose(0, 1).shape == (3, 2, 4)  # torch's swap
     with pytest.raises(TypeError, match="cannot combine a Tensor with str"):
         a + "x"
     with pytest.raises(ValueError, match="item"):

@@ -601,9 +601,12 @@ class Tensor:
         return _apply(ops.RESHAPE, self, shape=_reshape_target(self.shape, _shape_arg(shape)))
 
     def transpose(self, *axes: Int | tuple[Int, ...]) -> Tensor:
-        """Permute axes (numpy's convention: no argument reverses them, else a full permutation)."""
+        """Swap two axes, as PyTorch: ``transpose(0, 1)``. Also numpy's forms: no argument
+        reverses the axes, a tuple (or three or more axes) is a full permutation."""
         if not axes and self.data.ndim == 2:  # W.T in every Linear layer: skip the checks
             return _apply(ops.TRANSPOSE, self, axes=(1, 0))
+        if len(axes) == 2 and all(isinstance(a, (int, np.integer)) for a in axes):
+            return self.swapaxes(*axes)  # torch's transpose(dim0, dim1), also for 2-D tensors
         axes = _shape_arg(axes) or tuple(range(self.ndim))[::-1]
         if sorted(a % max(self.ndim, 1) for a in axes) != list(range(self.ndim)):
             raise ValueError(f"transpose: {axes} is not a permutation of the {self.ndim} axes of "

@@ -323,7 +323,7 @@ def _backward(root, grad, retain_graph, create_graph, inputs, wrap):
     dispatch.backward_started(order, create_graph or inputs is not None)
     # The root's gradient goes to the root's vertex, not to the last one in creation order:
     # a recorded in-place op on an input a node read makes a parent newer than that node.
-    grads = {root._ctx or root: grad}
+    grads = dispatch.GradientSums({root._ctx or root: grad})
     found = {} if inputs is not None else None
     # Arrays stored in some .grad during this pass: never stored twice (no two gradients share
     # memory); the caller's gradient counts as one, so a leaf gets a copy of it.
@@ -387,8 +387,7 @@ def _backward(root, grad, retain_graph, create_graph, inputs, wrap):
                 pg = dispatch.unbroadcast(pg, shape, op.name)
             if pg.dtype != dtype:
                 pg = dispatch.cast(pg, dtype)
-            prev = grads.get(p)
-            grads[p] = pg if prev is None else dispatch.add(prev, pg)
+            grads.add(p, pg, g)
         if not retain_graph:
             # Drop the saved arrays and the edges: a released node raises if reached again.
             v.args = v.out = None

@@ -109,6 +109,36 @@ def add(a, b):
     return run(operator.add, a, b)
 
 
+class GradientSums(dict):
+    """A backward pass's gradients of intermediates, by vertex: ``add`` sums contributions.
+
+    A sum is written into the first contribution when that is an array this pass made for this
+    vertex alone (a fresh result of a derivative rule, not a view, not handed on unchanged to
+    several inputs): one full-size array less at the peak than ``a + b`` (batch norm's x feeds
+    its mean and x - μ, so dx is such a sum).
+    """
+
+    __slots__ = ("_owned",)
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self._owned = set()
+
+    def add(self, key, g, handed_on=None):
+        prev = self.get(key)
+        if prev is None:
+            self[key] = g
+            if (type(g) is np.ndarray and g.base is None and g is not handed_on
+                    and g.flags.writeable):
+                self._owned.add(key)
+        elif key in self._owned:
+            run(operator.iadd, prev, g)
+        else:
+            total = self[key] = add(prev, g)
+            if type(total) is np.ndarray:  # (two 0-d arrays sum to a numpy scalar)
+                self._owned.add(key)
+
+
 def store_grad(t, g, take, wrap):
     """``t.grad`` (+)= g as a new array (``take``: g is an array nobody else holds, keep it);
     whether t already has a gradient is read at call time (a jit replay follows zero_grad)."""

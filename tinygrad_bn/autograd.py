@@ -194,7 +194,7 @@ def _check_saved(node):
     reads = node.op.reads_inputs
     for i in range(len(reads)):
         if reads[i]:
-            if dispatch.rebound_since(args[i], epoch) and \
+            if epoch < dispatch.LAST_REBIND and dispatch.rebound_since(args[i], epoch) and \
                     dispatch.vertex_at(args[i], epoch) is None:
                 raise RuntimeError(
                     f"input {i} of '{node.op.name}' (shape {node.shape}) was changed after "
@@ -351,7 +351,8 @@ def _backward(root, grad, retain_graph, create_graph, inputs, wrap):
                 "backward through a graph whose saved values were already freed by an earlier "
                 "backward(); call backward(retain_graph=True) the first time if you need a "
                 "second pass")
-        if v.epoch != dispatch.WRITES:  # something was written in place since v was recorded
+        # something was written in place (or rebound) since v was recorded, and v saved arrays
+        if v.epoch != dispatch.WRITES and v.op.reads:
             _check_saved(v)
         stale = v.epoch < dispatch.LAST_REBIND  # an input may have been rebound since
         op, attrs, out = v.op, v.attrs, v.out

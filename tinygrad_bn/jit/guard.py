@@ -34,7 +34,7 @@ import types
 import numpy as np
 
 from .. import dispatch, kernels
-from ..nn.functional import _minus_inf_but_targets
+from ..nn.functional import _checked_targets
 from ..nn.module import Module
 from ..ops import PRIMITIVES
 from ..optim import Optimizer
@@ -77,9 +77,9 @@ _CLASSES = {}
 _KERNELS = [dispatch.kernel(op) for op in PRIMITIVES]
 _PURE = frozenset([id(k.forward) for k in _KERNELS] + [id(v) for k in _KERNELS for v in k.vjps]
                   + [id(f) for f in (kernels.sum_to, dispatch._astype, operator.add, np.ones,
-                                     np.asarray, _to_array, _minus_inf_but_targets, np.ndarray.max,
-                                     np.ndarray.argmax, operator.gt, operator.ge, operator.lt,
-                                     operator.le, operator.eq, np.logical_not)])
+                                     np.asarray, _to_array, _checked_targets, np.arange,
+                                     np.ndarray.max, np.ndarray.argmax, operator.gt, operator.ge,
+                                     operator.lt, operator.le, operator.eq, np.logical_not)])
 
 
 def _guarded_class(cls):

@@ -112,19 +112,17 @@ def cross_entropy(logits: Tensor, targets: np.ndarray | Tensor, reduction: str =
         raise ValueError(f"cross_entropy expects logits of shape (N, C), got {logits.shape}")
     n, c = logits.shape
     t = targets.data if isinstance(targets, Tensor) else targets
-    # 0 at each row's target, -inf elsewhere: max(log p + it) over a row is log p[target].
-    # A selection, not a product with a one-hot mask: a class masked with a -inf logit has
-    # log p = -inf, and -inf * 0 would make the loss NaN (PyTorch's stays finite).
-    others_out = run(_minus_inf_but_targets, t, n, c, logits.dtype)
+    # log p[row, target] picked by indexing, not a product with a one-hot mask: a class masked
+    # with a -inf logit has log p = -inf, and -inf * 0 would make the loss NaN (PyTorch's stays
+    # finite). The index arrays come through the seam, so a jit replay makes them anew.
+    rows, t = run(np.arange, n), run(_checked_targets, t, n, c)
     log_p = _named(logits.log_softmax(axis=1), "log softmax")
-    picked = _named((log_p + _named(Tensor._wrap(others_out), "0 at target, −∞ elsewhere"))
-                    .max(axis=1), "log p[target]")
+    picked = _named(log_p[rows, t], "log p[target]")
     return _reduce(_named(-picked, "−log p[target]"), reduction, "cross_entropy")
 
 
-def _minus_inf_but_targets(targets, n, c, dtype):
-    """The (n, c) array that is 0 at each row's target class and -inf elsewhere, after checking
-    the targets."""
+def _checked_targets(targets, n, c):
+    """The targets as an integer array of class indices, or a ValueError naming a bad one."""
     t = np.asarray(targets)
     if t.shape != (n,):
         raise ValueError(f"cross_entropy: targets must have shape ({n},) to match logits "
@@ -135,40 +133,14 @@ def _minus_inf_but_targets(targets, n, c, dtype):
         t = t.astype(np.intp)
     elif t.dtype.kind not in "iu":
         raise TypeError(f"cross_entropy: targets must be integer class indices, got {t.dtype}")
-    # numpy's indexing refuses a target >= c itself but wraps a negative one around (and reads
-    # an unsigned one beyond 2**63 as negative): one reduction finds those first.
-    if not (t.size and (np.maximum.reduce(t) >= c if t.dtype.kind == "u"
-                        else np.minimum.reduce(t) < 0)):
-        try:
-            if c <= _SELECTOR_MAX_CLASSES:  # rows of a cached (c, c) selector: one take
-                return _selector(c, dtype).take(t, axis=0)
-            out = np.full((n, c), -np.inf, dtype=dtype)
-            out[np.arange(n), t] = 0
-            return out
-        except IndexError:
-            pass
-    i = int(np.argmax((t < 0) | (t >= c)))
-    raise ValueError(f"cross_entropy: target {int(t[i])} at index {i} is out of range "
-                     f"for {c} classes (valid: 0..{c - 1})")
-
-
-# A selector of 256 classes is 512 KB in float64, and at most 8 are kept; more classes: no
-# cache (a fresh array and a scatter instead).
-_SELECTOR_MAX_CLASSES = 256
-_SELECTORS = {}
-
-
-def _selector(c, dtype):
-    """(c, c): 0 on the diagonal, -inf elsewhere; row k selects class k."""
-    sel = _SELECTORS.get((c, dtype))
-    if sel is None:
-        sel = np.full((c, c), -np.inf, dtype=dtype)
-        np.fill_diagonal(sel, 0)
-        sel.flags.writeable = False
-        if len(_SELECTORS) >= 8:
-            _SELECTORS.clear()
-        _SELECTORS[(c, dtype)] = sel
-    return sel
+    # numpy's indexing would wrap a negative target around (and read an unsigned one beyond
+    # 2**63 as negative): one reduction each finds those.
+    if t.size and (np.maximum.reduce(t) >= c if t.dtype.kind == "u" else
+                   (np.minimum.reduce(t) < 0 or np.maximum.reduce(t) >= c)):
+        i = int(np.argmax((t < 0) | (t >= c)))
+        raise ValueError(f"cross_entropy: target {int(t[i])} at index {i} is out of range "
+                         f"for {c} classes (valid: 0..{c - 1})")
+    return t
 
 
 def mse_loss(input: Tensor, target: Tensor | np.ndarray, reduction: str = "mean") -> Tensor:

@@ -222,16 +222,6 @@ def _refuse_written(node, what, a):
         f"after backward(), or update a copy (x = x.clone()) instead")
 
 
-def _needed_saved(node):
-    """Per array of ``_saved_versions(node)``: whether a rule that backward will run reads it
-    (the rules of inputs that need a gradient; the output whenever the op reads it)."""
-    runs = [_parent_at(a, node.epoch).requires_grad for a in node.args]
-    rule_reads = dispatch.kernel(node.op).vjp_reads  # per rule, per input
-    needed = [any(run and reads[i] for run, reads in zip(runs, rule_reads))
-              for i, r in enumerate(node.op.reads_inputs) if r]
-    return needed + [node.op.reads_out]
-
-
 _SHAPES = {}
 
 

@@ -57,7 +57,7 @@ def forward(op, inputs, attrs):
         try:
             fwd = _KERNEL[op].forward
         except KeyError:
-            fwd = _kernel(op).forward
+            fwd = kernel(op).forward
         if len(inputs) == 2 and not attrs:  # spelled out: this runs for every operation
             out = fwd(inputs[0].data, inputs[1].data)
         else:
@@ -77,7 +77,7 @@ def vjp(op, i, g, out, inputs, attrs):
         try:
             rule = _KERNEL[op].vjps[i]
         except KeyError:
-            rule = _kernel(op).vjps[i]
+            rule = kernel(op).vjps[i]
         pg = rule(g, out, *inputs, **attrs) if attrs else rule(g, out, *inputs)
     if type(pg) is not np.ndarray:  # a numpy scalar from 0-d arithmetic
         pg = run(np.asarray, pg)
@@ -204,17 +204,13 @@ def backward_started(vertices, recorded):
 _KERNEL = {}  # by op: the kernel that runs it on arrays
 
 
-def _kernel(op):
-    """The fast forms of ``op`` (its textbook forms where kernels.py has none)."""
+def kernel(op):
+    """The fast forms of ``op`` as they run on arrays (its textbook forms where kernels.py has
+    none); layers that record work (jit) look them up here too."""
     k = _KERNEL.get(op)
     if k is None:  # ops without overrides (also ops defined outside ops.py) get the textbook
         k = _KERNEL[op] = kernels.KERNELS.get(op) or kernels.Kernel(op)
     return k
-
-
-def kernel(op):
-    """The fast forms of ``op``, as they run on arrays (for layers that record them)."""
-    return _kernel(op)
 
 
 # ---- versions: which arrays were written in place, and when ----

@@ -364,7 +364,7 @@ class Tensor:
             return self
         if dtype.kind == "f":
             return _apply(ops.CAST, self, dtype=dtype)
-        return Tensor._wrap(run(_astype, self.data, dtype))
+        return Tensor._wrap(dispatch.cast(self.data, dtype))
 
     def float(self) -> Tensor:
         """As float32."""
@@ -756,7 +756,7 @@ def _const(x, dtype):
     if isinstance(x, Tensor):
         return _cast(x, dtype)
     if isinstance(x, np.ndarray):
-        return Tensor._wrap(x if x.dtype == dtype else run(_astype, x, dtype))
+        return Tensor._wrap(x if x.dtype == dtype else dispatch.cast(x, dtype))
     return _scalar(_python_number(x), dtype)
 
 
@@ -769,13 +769,9 @@ def _python_number(x):
     return int(x) if isinstance(x, numbers.Integral) else float(x)  # Fraction, Decimal-like
 
 
-def _astype(a, dtype):
-    return a.astype(dtype)
-
-
 def _to_float(t):
     """An integer or bool tensor as float32 (sqrt, exp, ... of integers give floats in torch)."""
-    return _apply(ops.CAST, t, dtype=DEFAULT_FLOAT)
+    return _cast(t, DEFAULT_FLOAT)
 
 
 def _need_float(t, name):

@@ -36,9 +36,9 @@ import numpy as np
 from .. import dispatch, kernels
 from ..nn.functional import _checked_targets
 from ..nn.module import Module
-from ..ops import PRIMITIVES
 from ..optim import Optimizer
 from ..tensor import Tensor, _to_array
+from .codegen import _KERNELS
 from .tape import GuardedArray, JitError, Tape, guarded_view
 
 _DATA, _GRAD = Tensor.__dict__["data"], Tensor.__dict__["grad"]
@@ -74,7 +74,6 @@ _CLASSES = {}
 # Functions that write nothing but their result (ops' forwards and derivative rules, the
 # engine's broadcast reduction): the arrays stay locked while they run, which saves unlocking
 # and locking everything around most of the tape's calls.
-_KERNELS = [dispatch.kernel(op) for op in PRIMITIVES]
 _PURE = frozenset([id(k.forward) for k in _KERNELS] + [id(v) for k in _KERNELS for v in k.vjps]
                   + [id(f) for f in (kernels.sum_to, dispatch._astype, operator.add, np.ones,
                                      np.asarray, _to_array, _checked_targets, np.arange,

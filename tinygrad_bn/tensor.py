@@ -517,15 +517,15 @@ class Tensor:
     # ---- elementwise functions ----
     def sqrt(self) -> Tensor:
         """sqrt(x), elementwise; d/dx = 1 / (2 sqrt(x))."""
-        return _apply(ops.SQRT, self if self.data.dtype.kind == "f" else _to_float(self))
+        return _apply(ops.SQRT, _floating(self))
 
     def exp(self) -> Tensor:
         """exp(x), elementwise; d/dx = exp(x)."""
-        return _apply(ops.EXP, self if self.data.dtype.kind == "f" else _to_float(self))
+        return _apply(ops.EXP, _floating(self))
 
     def log(self) -> Tensor:
         """Natural log, elementwise; d/dx = 1 / x."""
-        return _apply(ops.LOG, self if self.data.dtype.kind == "f" else _to_float(self))
+        return _apply(ops.LOG, _floating(self))
 
     def relu(self) -> Tensor:
         """max(x, 0), elementwise; d/dx = 1 where x > 0, else 0."""
@@ -536,11 +536,11 @@ class Tensor:
 
     def sigmoid(self) -> Tensor:
         """s = 1 / (1 + exp(-x)), elementwise; d/dx = s (1 - s)."""
-        return _apply(ops.SIGMOID, self if self.data.dtype.kind == "f" else _to_float(self))
+        return _apply(ops.SIGMOID, _floating(self))
 
     def tanh(self) -> Tensor:
         """t = tanh(x), elementwise; d/dx = 1 - t²."""
-        return _apply(ops.TANH, self if self.data.dtype.kind == "f" else _to_float(self))
+        return _apply(ops.TANH, _floating(self))
 
     # ---- reductions ----
     def sum(self, axis: Int | tuple[Int, ...] | None = None, keepdims: Bool = False) -> Tensor:
@@ -769,9 +769,10 @@ def _python_number(x):
     return int(x) if isinstance(x, numbers.Integral) else float(x)  # Fraction, Decimal-like
 
 
-def _to_float(t):
-    """An integer or bool tensor as float32 (sqrt, exp, ... of integers give floats in torch)."""
-    return _cast(t, DEFAULT_FLOAT)
+def _floating(t):
+    """``t`` itself if it holds floats, else as float32 (sqrt, exp, ... of integers give floats
+    in torch)."""
+    return t if t.data.dtype.kind == "f" else _cast(t, DEFAULT_FLOAT)
 
 
 def _need_float(t, name):

@@ -318,6 +318,10 @@ def _backward(root, grad, retain_graph, create_graph, inputs, wrap):
     # Arrays stored in some .grad during this pass: never stored twice (no two gradients share
     # memory); the caller's gradient counts as one, so a leaf gets a copy of it.
     handed_out = {_buffer_id(grad)}
+    rules = dispatch.rules(create_graph)  # by op
+    # in-place writes and rebinds so far (backward makes none): a node made after them needs
+    # no check of what it saved
+    writes, last_rebind = dispatch.WRITES, dispatch.LAST_REBIND
     while order:
         v = order.pop()
         g = grads.pop(v, None)
@@ -341,11 +345,11 @@ def _backward(root, grad, retain_graph, create_graph, inputs, wrap):
                 "backward through a graph whose saved values were already freed by an earlier "
                 "backward(); call backward(retain_graph=True) the first time if you need a "
                 "second pass")
+        op, attrs, out, epoch = v.op, v.attrs, v.out, v.epoch
         # something was written in place (or rebound) since v was recorded, and v saved arrays
-        if v.epoch != dispatch.WRITES and v.op.reads:
+        if epoch != writes and op.reads:
             _check_saved(v)
-        stale = v.epoch < dispatch.LAST_REBIND  # an input may have been rebound since
-        op, attrs, out = v.op, v.attrs, v.out
+        stale = epoch < last_rebind  # an input may have been rebound since
         if create_graph:  # the rules get Tensors of this graph, to be differentiated again
             arrays = args
             if out is not None:
@@ -360,15 +364,18 @@ def _backward(root, grad, retain_graph, create_graph, inputs, wrap):
                 arrays = (args[0].data,) if reads[0] else args
             else:
                 arrays = [a.data if r else a for a, r in zip(args, reads)]
+        vjps = rules[op].vjps
         # Last input first: it is usually the broadcast one (γ, β, μ, a bias), whose full-size
         # temporary is summed down and freed before the first input's gradient is made.
         for i in range(len(args) - 1, -1, -1):
             a = args[i]
-            p = a if type(a) is Node else (_parent_at(a, v.epoch) if stale else
+            p = a if type(a) is Node else (_parent_at(a, epoch) if stale else
                                            (a._ctx or a))  # _parent(a), inlined
             if not p.requires_grad:
                 continue
-            pg = dispatch.vjp(op, i, g, out, arrays, attrs)
+            pg = vjps[i](g, out, *arrays, **attrs) if attrs else vjps[i](g, out, *arrays)
+            if type(pg) is not np.ndarray and isinstance(pg, np.generic):  # from 0-d arithmetic
+                pg = dispatch.array(pg)
             if type(p) is Node:
                 shape, dtype = p.shape, p.dtype
             else:

@@ -54,34 +54,44 @@ def forward(op, inputs, attrs):
     if _hooked_threads and _STATE.hook is not None:
         out = _STATE.hook.forward(op, inputs, attrs)
     else:
-        try:
-            fwd = _KERNEL[op].forward
-        except KeyError:
-            fwd = kernel(op).forward
+        fwd = _KERNEL[op].forward
         if len(inputs) == 2 and not attrs:  # spelled out: this runs for every operation
             out = fwd(inputs[0].data, inputs[1].data)
         else:
             out = fwd(*[t.data for t in inputs], **attrs)
     if type(out) is not np.ndarray:  # numpy returns scalars for 0-d results
-        out = run(np.asarray, out)
+        out = array(out)
     return out
 
 
-def vjp(op, i, g, out, inputs, attrs):
-    """``op``'s derivative for input ``i``: arrays get the kernel, Tensors the textbook rule."""
-    if type(g) is not np.ndarray and not isinstance(g, np.generic):  # a Tensor: record it
-        return op.vjps[i](g, out, *inputs, **attrs)
+def rules(tensors=False):
+    """By op, what one backward pass runs its derivative rules with (their ``vjps``, each
+    called ``rule(g, out, *inputs, **attrs)``): on Tensors (``tensors``: create_graph, so the
+    rules are recorded) the op itself, the textbook; on arrays its kernel, or this thread's
+    hook in its place."""
+    if tensors:
+        return _TEXTBOOK
     if _hooked_threads and _STATE.hook is not None:
-        pg = _STATE.hook.vjp(op, i, g, out, inputs, attrs)
-    else:
-        try:
-            rule = _KERNEL[op].vjps[i]
-        except KeyError:
-            rule = kernel(op).vjps[i]
-        pg = rule(g, out, *inputs, **attrs) if attrs else rule(g, out, *inputs)
-    if type(pg) is not np.ndarray:  # a numpy scalar from 0-d arithmetic
-        pg = run(np.asarray, pg)
-    return pg
+        return _ByOp(lambda op, hook=_STATE.hook: _Hooked(hook, op))
+    return _KERNEL
+
+
+class _Hooked:
+    """An op's derivative rules sent to a hook."""
+
+    __slots__ = ("vjps",)
+
+    def __init__(self, hook, op):
+        self.vjps = tuple(self._rule(hook, op, i) for i in range(len(op.vjps)))
+
+    @staticmethod
+    def _rule(hook, op, i):
+        return lambda g, out, *inputs, **attrs: hook.vjp(op, i, g, out, inputs, attrs)
+
+
+def array(x):
+    """``x`` as an ndarray (numpy gives scalars for 0-d results)."""
+    return run(np.asarray, x)
 
 
 def unbroadcast(g, shape, op_name):
@@ -113,30 +123,30 @@ class GradientSums(dict):
     """A backward pass's gradients of intermediates, by vertex: ``add`` sums contributions.
 
     A sum is written into the first contribution when that is an array this pass made for this
-    vertex alone (a fresh result of a derivative rule, not a view, not handed on unchanged to
-    several inputs): one full-size array less at the peak than ``a + b`` (batch norm's x feeds
-    its mean and x - μ, so dx is such a sum).
+    vertex alone: a fresh result of a derivative rule (not a view, not read-only), not the
+    upstream gradient handed on unchanged (which may go to several inputs). One full-size array
+    less at the peak than ``a + b`` (batch norm's x feeds its mean and x - μ, so dx is such a
+    sum). Whether it is such an array is asked only when a second contribution comes.
     """
 
-    __slots__ = ("_owned",)
+    __slots__ = ("_shared",)  # vertices whose array may be held elsewhere too
 
     def __init__(self, *args):
         super().__init__(*args)
-        self._owned = set()
+        self._shared = set(self)
 
     def add(self, key, g, handed_on=None):
         prev = self.get(key)
         if prev is None:
             self[key] = g
-            if (type(g) is np.ndarray and g.base is None and g is not handed_on
-                    and g.flags.writeable):
-                self._owned.add(key)
-        elif key in self._owned:
+            if g is handed_on:
+                self._shared.add(key)
+        elif (type(prev) is np.ndarray and prev.base is None and key not in self._shared
+              and prev.flags.writeable):
             run(operator.iadd, prev, g)
-        else:
-            total = self[key] = add(prev, g)
-            if type(total) is np.ndarray:  # (two 0-d arrays sum to a numpy scalar)
-                self._owned.add(key)
+        else:  # the sum is a new array, this pass's alone
+            self[key] = add(prev, g)
+            self._shared.discard(key)
 
 
 def store_grad(t, g, take, wrap):
@@ -201,16 +211,29 @@ def backward_started(vertices, recorded):
 
 # ---- kernels by op ----
 
-_KERNEL = {}  # by op: the kernel that runs it on arrays
+class _ByOp(dict):
+    """A table by op, each entry made by ``make(op)`` on first use."""
+
+    __slots__ = ("make",)
+
+    def __init__(self, make):
+        super().__init__()
+        self.make = make
+
+    def __missing__(self, op):
+        value = self[op] = self.make(op)
+        return value
+
+
+# ops without overrides (also ops defined outside ops.py) run their textbook forms
+_KERNEL = _ByOp(lambda op: kernels.KERNELS.get(op) or kernels.Kernel(op))
+_TEXTBOOK = _ByOp(lambda op: op)
 
 
 def kernel(op):
     """The fast forms of ``op`` as they run on arrays (its textbook forms where kernels.py has
     none); layers that record work (jit) look them up here too."""
-    k = _KERNEL.get(op)
-    if k is None:  # ops without overrides (also ops defined outside ops.py) get the textbook
-        k = _KERNEL[op] = kernels.KERNELS.get(op) or kernels.Kernel(op)
-    return k
+    return _KERNEL[op]
 
 
 # ---- versions: which arrays were written in place, and when ----

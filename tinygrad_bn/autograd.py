@@ -12,6 +12,7 @@ it never imports ``tensor.py``.
 """
 import itertools
 import operator
+from heapq import heappop, heappush
 import threading
 import weakref
 
@@ -268,10 +269,11 @@ def toposort(root, grad_only=True):
     seen = {start: None}
     stack = [start]
     pop, push = stack.pop, stack.append
+    last_rebind = dispatch.LAST_REBIND
     while stack:
         v = pop()
         if type(v) is Node and v.args is not None:
-            stale = v.epoch < dispatch.LAST_REBIND  # an input may have been rebound since
+            stale = v.epoch < last_rebind  # an input may have been rebound since
             for a in v.args:
                 p = a if type(a) is Node else (_parent_at(a, v.epoch) if stale else
                                                (a._ctx or a))  # _parent(a), inlined
@@ -309,11 +311,13 @@ def backward(root, grad, retain_graph=False, create_graph=False, inputs=None):
 
 
 def _backward(root, grad, retain_graph, create_graph, inputs, wrap):
-    order = toposort(root)
-    dispatch.backward_started(order, create_graph or inputs is not None)
-    # The root's gradient goes to the root's vertex, not to the last one in creation order:
-    # a recorded in-place op on an input a node read makes a parent newer than that node.
-    grads = dispatch.GradientSums({root._ctx or root: grad})
+    dispatch.backward_started(root, create_graph or inputs is not None)
+    start = root._ctx or root
+    grads = dispatch.GradientSums(start, grad)
+    # The nodes that have a gradient, latest made first (as PyTorch's engine orders its ready
+    # queue by sequence number): a node is made after its inputs, so every consumer of a node
+    # has sent its share before the node is taken. Leaves wait in ``grads`` until the end.
+    queue = [(-start.seq, start)] if type(start) is Node else []
     found = {} if inputs is not None else None
     # Arrays stored in some .grad during this pass: never stored twice (no two gradients share
     # memory); the caller's gradient counts as one, so a leaf gets a copy of it.
@@ -322,19 +326,12 @@ def _backward(root, grad, retain_graph, create_graph, inputs, wrap):
     # in-place writes and rebinds so far (backward makes none): a node made after them needs
     # no check of what it saved
     writes, last_rebind = dispatch.WRITES, dispatch.LAST_REBIND
-    while order:
-        v = order.pop()
-        g = grads.pop(v, None)
-        if g is None:
-            continue
+    while queue:
+        v = heappop(queue)[1]
+        g = grads.pop(v)
         if found is not None:
             if v in inputs:
                 found[v] = g
-            if type(v) is not Node:
-                continue
-        elif type(v) is not Node:  # a leaf
-            _store(v, g, create_graph, handed_out, wrap)
-            continue
         elif v.retains is not None:
             holder = _grad_holder(v)
             if holder is not None:  # else the tensor is gone: nobody can read its gradient
@@ -385,10 +382,17 @@ def _backward(root, grad, retain_graph, create_graph, inputs, wrap):
                 pg = dispatch.unbroadcast(pg, shape, op.name)
             if pg.dtype != dtype:
                 pg = dispatch.cast(pg, dtype)
-            grads.add(p, pg, g)
+            if grads.add(p, pg, g) and type(p) is Node:  # p's first share
+                heappush(queue, (-p.seq, p))
         if not retain_graph:
             # Drop the saved arrays and the edges: a released node raises if reached again.
             v.args = v.out = None
+    # what is left are the leaves' gradients, complete
+    for v, g in grads.items():
+        if found is None:
+            _store(v, g, create_graph, handed_out, wrap)
+        elif v in inputs:
+            found[v] = g
     return found
 
 

@@ -57,6 +57,8 @@ def forward(op, inputs, attrs):
         fwd = _KERNEL[op].forward
         if len(inputs) == 2 and not attrs:  # spelled out: this runs for every operation
             out = fwd(inputs[0].data, inputs[1].data)
+        elif len(inputs) == 1:
+            out = fwd(inputs[0].data, **attrs)
         else:
             out = fwd(*[t.data for t in inputs], **attrs)
     if type(out) is not np.ndarray:  # numpy returns scalars for 0-d results
@@ -131,22 +133,27 @@ class GradientSums(dict):
 
     __slots__ = ("_shared",)  # vertices whose array may be held elsewhere too
 
-    def __init__(self, *args):
-        super().__init__(*args)
-        self._shared = set(self)
+    def __init__(self, vertex, g):
+        """Starts with ``vertex``'s gradient ``g``, the caller's array (never written)."""
+        super().__init__({vertex: g})
+        self._shared = {vertex}
 
     def add(self, key, g, handed_on=None):
+        """Add ``g`` to ``key``'s gradient (``handed_on``: the gradient of the vertex whose
+        rules made ``g``); True if it is the first."""
         prev = self.get(key)
         if prev is None:
             self[key] = g
             if g is handed_on:
                 self._shared.add(key)
-        elif (type(prev) is np.ndarray and prev.base is None and key not in self._shared
-              and prev.flags.writeable):
+            return True
+        if (type(prev) is np.ndarray and prev.base is None and key not in self._shared
+                and prev.flags.writeable):
             run(operator.iadd, prev, g)
         else:  # the sum is a new array, this pass's alone
             self[key] = add(prev, g)
             self._shared.discard(key)
+        return False
 
 
 def store_grad(t, g, take, wrap):
@@ -179,7 +186,9 @@ def update(fn, *args):
     steps, running statistics). ``fn`` counts each write itself (``bump``): a jit replay calls
     ``fn`` without this function, and the count must still go up, or a graph made outside the
     step would differentiate with the new values."""
-    return run(fn, *args)
+    if _hooked_threads and _STATE.hook is not None:
+        return _STATE.hook.call(fn, args, None)
+    return fn(*args)
 
 
 def update_tensor(t, fn, *args):
@@ -202,11 +211,11 @@ def alias(out, original):
         _STATE.hook.alias(out, original)
 
 
-def backward_started(vertices, recorded):
-    """A backward pass is about to run through ``vertices`` (``recorded``: create_graph, or
+def backward_started(root, recorded):
+    """A backward pass from tensor ``root`` is about to run (``recorded``: create_graph, or
     gradients returned by grad() rather than stored)."""
     if _hooked_threads and _STATE.hook is not None:
-        _STATE.hook.backward_started(vertices, recorded)
+        _STATE.hook.backward_started(root, recorded)
 
 
 # ---- kernels by op ----
@@ -242,8 +251,9 @@ def kernel(op):
 # one. A graph node remembers the count when it was made
 # (``Node.epoch``); an array it saved and later written has its last write after that.
 WRITES = 0
-# id(array owning the memory) -> (weak reference to it, WRITES at its last write). Only arrays
-# written in place are here.
+# id(array owning the memory) -> [weak reference to it, WRITES at its last write]. Only arrays
+# written in place are here, and only while they live (the reference's callback removes them,
+# before their id can be reused).
 _LAST_WRITE = {}
 
 
@@ -251,7 +261,7 @@ def written_since(a, epoch):
     """Whether the memory of array ``a`` was written in place after write count ``epoch``."""
     base = a.base
     entry = _LAST_WRITE.get(id(a if base is None else base))
-    return entry is not None and entry[1] > epoch and entry[0]() is not None
+    return entry is not None and entry[1] > epoch
 
 
 def bump(a):
@@ -260,24 +270,18 @@ def bump(a):
     WRITES += 1
     owner = a if a.base is None else a.base
     entry = _LAST_WRITE.get(id(owner))
-    if entry is None or entry[0]() is not owner:
-        if len(_LAST_WRITE) >= _PRUNE_AT[0]:
-            _prune()
-        try:
-            entry = (weakref.ref(owner), 0)
-        except TypeError:  # memory not owned by an ndarray (a buffer): not tracked
-            return
-    _LAST_WRITE[id(owner)] = (entry[0], WRITES)
+    if entry is not None:
+        entry[1] = WRITES
+    else:
+        _track(_LAST_WRITE, owner)
 
 
-_PRUNE_AT = [1024]
-
-
-def _prune():
-    for table in (_LAST_WRITE, _REBOUND):
-        for key in [k for k, (ref, _) in table.items() if ref() is None]:
-            del table[key]
-    _PRUNE_AT[0] = max(1024, 2 * len(_LAST_WRITE), 2 * len(_REBOUND))
+def _track(table, obj):
+    key = id(obj)
+    try:
+        table[key] = [weakref.ref(obj, lambda _, key=key: table.pop(key, None)), WRITES]
+    except TypeError:  # memory not owned by an ndarray (a buffer): not tracked
+        pass
 
 
 def rebind(t, before=None):
@@ -288,9 +292,11 @@ def rebind(t, before=None):
     global WRITES, LAST_REBIND
     WRITES += 1
     LAST_REBIND = WRITES
-    if len(_REBOUND) >= _PRUNE_AT[0]:
-        _prune()
-    _REBOUND[id(t)] = (weakref.ref(t), WRITES)
+    entry = _REBOUND.get(id(t))
+    if entry is not None:
+        entry[1] = WRITES
+    else:
+        _track(_REBOUND, t)
     if before is not None or t in _BEFORE:
         _BEFORE.setdefault(t, []).append((WRITES, before))
 
@@ -312,8 +318,8 @@ def vertex_at(t, epoch):
 def rebound_since(t, epoch):
     """Whether tensor ``t`` got a new node or array after write count ``epoch``."""
     entry = _REBOUND.get(id(t))
-    return entry is not None and entry[1] > epoch and entry[0]() is t
+    return entry is not None and entry[1] > epoch
 
 
-# id(tensor) -> (weak reference to it, WRITES when it was last rebound)
+# id(tensor) -> [weak reference to it, WRITES when it was last rebound], while it lives
 _REBOUND = {}

@@ -727,11 +727,12 @@ def _operands(t, other, op):
     dtype = t.data.dtype
     # the common cases first: x * 0.5, and x + y of one float dtype (numpy's dtypes of one
     # kind are one object, so `is` finds them; any other dtype takes the general rule)
-    if type(other) is float or type(other) is int:
+    if isinstance(other, Tensor):
+        if other.data.dtype is dtype and dtype in _FLOATS:
+            return t, other
+    elif type(other) is float or type(other) is int:
         if dtype in _FLOATS:
             return t, _scalar(other, dtype)
-    elif isinstance(other, Tensor) and other.data.dtype is dtype and dtype in _FLOATS:
-        return t, other
     if isinstance(other, (list, tuple)):
         other = Tensor(other)
     compute = result_dtype(t, other)

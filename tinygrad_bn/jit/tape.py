@@ -34,6 +34,7 @@ inside the step (``np.random...``, ``loss.item()``) differs between calls and is
 import numpy as np
 
 from .. import dispatch, ops
+from ..autograd import toposort
 from ..nn.module import is_model_tensor  # noqa: F401  (the jit's view of the model registry)
 
 
@@ -214,11 +215,11 @@ class Tape:
         """A value read out of a tensor inside the step: refused (it would be frozen)."""
         refuse(what)
 
-    def backward_started(self, vertices, recorded):
+    def backward_started(self, root, recorded):
         if recorded:
             raise JitError("backward(create_graph=True) and grad() inside a jit step are not "
                            "supported; call loss.backward() in the step")
-        self.backpropagated.update(vertices)
+        self.backpropagated.update(toposort(root))
 
     def _plain_of(self, a):
         """``a`` as the engine gets it: GuardedArrays (also in a tuple or list) as the array."""

@@ -12,9 +12,9 @@ it never imports ``tensor.py``.
 """
 import itertools
 import operator
-from heapq import heappop, heappush
 import threading
 import weakref
+from heapq import heappop, heappush
 
 import numpy as np
 

@@ -5,8 +5,9 @@ A refactor must not regress the speed table. This runs the same workloads with t
 alternating A and B in fresh subprocesses round after round, so a shared machine's drift hits
 both alike; it prints the median of the per-round ratios new/base (below 1: faster).
 
-Workloads: the per-op chain (eager), the ``paper`` step eager and through ``jit``, the ``mid``
-step through ``jit`` (float32).
+Workloads: the README speed table's rows where Python bookkeeping shows (``wide`` is matmul-bound):
+the per-op chain (eager), the ``paper`` step in float32 and float64 and the ``mid`` step in
+float32, each eager and through ``jit``, and batch norm alone at (60, 100), eager and jit.
 
 Run: ``python benchmarks/ab.py --base /tmp/base [--rounds 9]``.
 """
@@ -28,7 +29,7 @@ import numpy as np
 import tinygrad_bn
 from tinygrad_bn import allocator
 allocator.keep_freed_memory()
-import bench_overhead, bench_step
+import bench_batchnorm, bench_overhead, bench_step
 
 def best(fn, n, reps=5):
     out = []
@@ -43,15 +44,23 @@ res = {}
 x0 = np.random.default_rng(0).standard_normal((4, 4))
 bench_overhead.chain_tinygrad(x0, 200)
 res["per-op chain, eager"] = best(lambda: bench_overhead.chain_tinygrad(x0, 200), 20)
-for name, compiled, n in (("paper", False, 40), ("paper", True, 150), ("mid", True, 20)):
+for name, dtype, compiled, n in (("paper", "float32", False, 40), ("paper", "float32", True, 150),
+                                 ("paper", "float64", False, 40), ("paper", "float64", True, 100),
+                                 ("mid", "float32", False, 10), ("mid", "float32", True, 20)):
     sizes, act, batch = bench_step.CONFIGS[name]
-    model = bench_step.build_tinygrad(sizes, act, "float32")
+    model = bench_step.build_tinygrad(sizes, act, dtype)
     model.train()
-    x, t = bench_step.make_batch(sizes, batch, "float32")
+    x, t = bench_step.make_batch(sizes, batch, dtype)
     step = bench_step.tinygrad_step_fn(model, x, t, compiled=compiled)
     for _ in range(5):
         step()
-    res[f"{name} step, {'jit' if compiled else 'eager'}"] = best(step, n)
+    res[f"{name} {dtype} step, {'jit' if compiled else 'eager'}"] = best(step, n)
+for compiled in (False, True):
+    cands, _ = bench_batchnorm.candidates(60, 100, "float32")
+    fn = cands["tinygrad_bn jit" if compiled else "tinygrad_bn"]
+    for _ in range(5):
+        fn()
+    res[f"batch norm (60, 100), {'jit' if compiled else 'eager'}"] = best(fn, 200)
 print(json.dumps(res))
 """
 
@@ -76,7 +85,7 @@ def main(argv=None):
             ratios.setdefault(k, []).append(b[k] / a[k])
     print(f"new / base, median of {args.rounds} interleaved rounds (below 1: faster)")
     for k, v in ratios.items():
-        print(f"  {k:24s} {statistics.median(v):.3f}  (rounds {min(v):.3f}-{max(v):.3f})")
+        print(f"  {k:34s} {statistics.median(v):.3f}  (rounds {min(v):.3f}-{max(v):.3f})")
 
 
 if __name__ == "__main__":

@@ -89,15 +89,15 @@ def _update_running(running_mean, running_var, mu, var, m, momentum):
 
     Updated in place on the buffers' arrays, with plain numpy: no graph is recorded.
     """
+    # each write counted here (bump), so a jit replay counts it too
     if running_mean is not None:
         running_mean.data *= 1 - momentum
         running_mean.data += momentum * mu.reshape(-1)
+        bump(running_mean.data)
     if running_var is not None:
         running_var.data *= 1 - momentum
         running_var.data += (momentum * m / (m - 1)) * var.reshape(-1)  # unbiased: m / (m - 1)
-    for t in (running_mean, running_var):  # counted here, so a jit replay counts them too
-        if t is not None:
-            bump(t.data)
+        bump(running_var.data)
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:

@@ -6,12 +6,12 @@ derivative of its own: autodiff derives it.
 """
 from __future__ import annotations
 
+import gc
 import math
 import numbers
 import operator
-import threading
+import sys
 from typing import Union
-from weakref import ref as _weakref
 
 import numpy as np
 
@@ -511,8 +511,7 @@ class Tensor:
         before = old if old._ctx is None else old._ctx
         self._ctx, self.requires_grad = new._ctx, new.requires_grad
         dispatch.rebind(self, before)
-        if _VIEWS:
-            _refuse_stale_views(self, name)
+        _refuse_stale_views(self, old, name)
         if old._ctx is not None and callable(old._ctx.retains) and old._ctx.retains() is self:
             old._ctx.retains = None  # retain_grad() follows the tensor to its new value (torch)
             autograd.retain_grad(self)
@@ -602,29 +601,20 @@ class Tensor:
     # ---- shape ----
     def reshape(self, *shape: Int | tuple[Int, ...]) -> Tensor:
         """The same data in ``shape`` (one entry may be -1): ``reshape(2, 3)`` or ``((2, 3))``."""
-        out = _apply(ops.RESHAPE, self, shape=_reshape_target(self.shape, _shape_arg(shape)))
-        if out.data.base is not None and (self._ctx is not None or not self.requires_grad):
-            _note_view(out, self, ops.RESHAPE)  # (inline: views are made often)
-        return out
+        return _apply(ops.RESHAPE, self, shape=_reshape_target(self.shape, _shape_arg(shape)))
 
     def transpose(self, *axes: Int | tuple[Int, ...]) -> Tensor:
         """Swap two axes, as PyTorch: ``transpose(0, 1)``. Also numpy's forms: no argument
         reverses the axes, a tuple (or three or more axes) is a full permutation."""
         if not axes and self.data.ndim == 2:  # W.T in every Linear layer: skip the checks
-            out = _apply(ops.TRANSPOSE, self, axes=(1, 0))
-            if self._ctx is not None or not self.requires_grad:  # (always a view)
-                _note_view(out, self, ops.TRANSPOSE)
-            return out
+            return _apply(ops.TRANSPOSE, self, axes=(1, 0))
         if len(axes) == 2 and all(isinstance(a, (int, np.integer)) for a in axes):
             return self.swapaxes(*axes)  # torch's transpose(dim0, dim1), also for 2-D tensors
         axes = _shape_arg(axes) or tuple(range(self.ndim))[::-1]
         if sorted(a % max(self.ndim, 1) for a in axes) != list(range(self.ndim)):
             raise ValueError(f"transpose: {axes} is not a permutation of the {self.ndim} axes of "
                              f"shape {self.shape} (to swap two axes use swapaxes(a, b))")
-        out = _apply(ops.TRANSPOSE, self, axes=tuple(a % self.ndim for a in axes))
-        if self._ctx is not None or not self.requires_grad:  # (always a view)
-            _note_view(out, self, ops.TRANSPOSE)
-        return out
+        return _apply(ops.TRANSPOSE, self, axes=tuple(a % self.ndim for a in axes))
 
     def permute(self, *dims: Int | tuple[Int, ...]) -> Tensor:
         """PyTorch's name for ``transpose(*dims)`` with a full permutation of the axes."""
@@ -645,20 +635,14 @@ class Tensor:
             np.broadcast_shapes(self.shape, shape)
         except ValueError:
             raise ValueError(f"expand: cannot broadcast shape {self.shape} to {shape}") from None
-        out = _apply(ops.EXPAND, self, shape=shape)
-        if out.data.base is not None and (self._ctx is not None or not self.requires_grad):
-            _note_view(out, self, ops.EXPAND)
-        return out
+        return _apply(ops.EXPAND, self, shape=shape)
 
     def flatten(self, start_dim: Int = 0) -> Tensor:
         """Merge the axes from ``start_dim`` on into one: (2, 3, 4) -> (2, 12) for start_dim 1."""
         return self.reshape(self.shape[:start_dim] + (-1,))
 
     def __getitem__(self, index):
-        out = _apply(ops.GETITEM, self, index=_index_arg(index))
-        if out.data.base is not None and (self._ctx is not None or not self.requires_grad):
-            _note_view(out, self, ops.GETITEM)  # basic indexing (x[0], x[:, 1:]) makes views
-        return out
+        return _apply(ops.GETITEM, self, index=_index_arg(index))
 
     def __setitem__(self, index, value):
         """``x[index] = value``, in place (value cast to x's dtype, as torch), when no gradient
@@ -735,58 +719,56 @@ def _set_items(a, index, value):
 # Ops whose result is a view of their input's memory (when numpy can make one).
 _VIEW_OPS = (ops.GETITEM, ops.RESHAPE, ops.TRANSPOSE, ops.EXPAND)
 
-# The views made so far, while they live: (weak reference to the view, id of the tensor it was
-# taken from, the op, and a weak reference to that tensor if it is a view too). A recorded
-# in-place op on a tensor gives it a new graph, and a view made before shows the new values but
-# would keep the old graph (PyTorch gives it the new one): the op finds them here
-# (``_refuse_stale_views``). Views of a leaf that requires grad are not noted (W.T in every
-# step): such a leaf refuses recorded in-place ops. Noting is an append; the dead are dropped
-# once the list has doubled since the last time.
-_VIEWS = []
-_VIEWS_KEPT = [256]  # the length at which to drop the dead
-_VIEWS_LOCK = threading.Lock()
 
+def _refuse_stale_views(t, old, name):
+    """After a recorded in-place ``name`` on ``t`` (``old``: its stand-in before): the views of
+    t made before (x[0], x.T, x.reshape(..), x.expand(..)) show the new values, but their graph
+    is the old one, where PyTorch moves them onto the new one. Each gets a node that backward
+    refuses, and keeps its old vertex for the graphs made before it (as t does).
 
-def _note_view(view, t, op):
-    # (the reference to a view t is the one its own entry made: no new object)
-    _VIEWS.append((_weakref(view), id(t), op, None if t.data.base is None else _weakref(t)))
-    if len(_VIEWS) > _VIEWS_KEPT[0]:
-        with _VIEWS_LOCK:
-            n = len(_VIEWS)
-            _VIEWS[:n] = [e for e in _VIEWS[:n] if e[0]() is not None]  # appends go on after n
-            _VIEWS_KEPT[0] = max(256, 2 * len(_VIEWS))
-
-
-def _refuse_stale_views(t, name):
-    """After a recorded in-place ``name`` on ``t``: every live view of t's memory taken from t
-    (or from such a view) before now gets a node that backward refuses, and keeps its old
-    vertex for the graphs made before (as any tensor rebound by a recorded in-place op)."""
-    owner = t.data if t.data.base is None else t.data.base
-    sources, stale = {id(t)}, []
-    for ref, source, op, source_ref in list(_VIEWS):  # in the order made
-        v = ref()
-        if v is None or v is t or v.data.base is not owner:
-            continue
-        # a view of a view that is gone: where it came from is unknown, so it counts as stale
-        # (refused, never a wrong gradient); a view of another tensor of this memory (detach())
-        # is not t's view, as in PyTorch
-        if source in sources or (source_ref is not None and source_ref() is None):
-            sources.add(id(v))
-            stale.append((v, op))
-    for v, op in stale:
-        before = v._ctx if v._ctx is not None else Tensor._wrap(v.data)  # a constant before
+    Making a view costs nothing for this: nothing lists an array's views. Each numpy view holds
+    a reference to the array that owns the memory, so if nothing but t (and old) does, no view
+    lives: the common case, one call. Else the views are found among the live objects (gc), a
+    rare path whose cost grows with the number of objects."""
+    owner = t.data
+    if owner.base is None:
+        # the references: t.data, old.data if it is the same array, `owner`, getrefcount's own
+        if sys.getrefcount(owner) <= 3 + (old.data is owner):
+            return
+    else:
+        owner = owner.base
+    before = old._ctx if old._ctx is not None else old
+    # (type(v), not isinstance: that would ask proxies and lazy modules for __class__)
+    stale = [v for v in gc.get_objects() if issubclass(type(v), Tensor) and v is not t
+             and v.data.base is owner and _taken_from(v, t, before)]
+    for v in stale:
+        op = v._ctx.op if v._ctx is not None else None
+        what = f"a view of shape {v.shape}" + (f" ({op.name})" if op is not None else "")
+        was = v._ctx if v._ctx is not None else Tensor._wrap(v.data)  # a constant before
         if t.requires_grad:
-            v._ctx = autograd.refused(op, v, (
-                f"a view of shape {v.shape} ({op.name}) of a tensor of shape {t.shape} was "
-                f"taken before the in-place {name} on that tensor and used after it: it shows "
-                f"the new values, but its gradient would follow the old values' graph (PyTorch "
-                f"moves the view onto the new one). Take the view after the in-place "
-                f"operation, or clone() it"))
+            v._ctx = autograd.refused(op or ops.GETITEM, v, (
+                f"{what} of a tensor of shape {t.shape} was taken before the in-place {name} on "
+                f"that tensor and used after it: it shows the new values, but its gradient "
+                f"would follow the old values' graph (PyTorch moves the view onto the new "
+                f"one). Take the view after the in-place operation, or clone() it"))
         else:  # t has no graph now (fill_ with a number): neither has its view
             v._ctx = None
         v.requires_grad = t.requires_grad
-        dispatch.rebind(v, before)
+        dispatch.rebind(v, was)
 
+
+def _taken_from(v, t, before):
+    """Whether view ``v`` was taken from ``t`` (or from a view of it) when t stood for vertex
+    ``before``, as far as v's graph tells; a view without one (of a tensor without a gradient,
+    or made under no_grad) counts as t's: refused, never a wrong gradient."""
+    vertex = v._ctx
+    if vertex is None:
+        return True
+    while autograd.is_node(vertex) and vertex.op in _VIEW_OPS:
+        if vertex.args is None:  # released, or refused already: nothing tells
+            return True
+        vertex = vertex.args[0]
+    return vertex is before or vertex is t
 
 _INPLACE = {ops.ADD: _write_with(np.add), ops.SUB: _write_with(np.subtract),
             ops.MUL: _write_with(np.multiply), ops.DIV: _write_with(np.true_divide)}

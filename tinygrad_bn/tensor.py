@@ -732,8 +732,11 @@ def _refuse_stale_views(t, old, name):
     rare path whose cost grows with the number of objects."""
     owner = t.data
     if owner.base is None:
-        # the references: t.data, old.data if it is the same array, `owner`, getrefcount's own
-        if sys.getrefcount(owner) <= 3 + (old.data is owner):
+        # the references: t.data, `owner`, getrefcount's own, and the stand-ins for what t was
+        # before this op and earlier ones (graphs keep them) that share its array
+        stand_ins = {id(b) for b in dispatch.vertices_before(t) + [old]
+                     if not autograd.is_node(b) and b.data is owner}
+        if sys.getrefcount(owner) <= 3 + len(stand_ins):
             return
     else:
         owner = owner.base

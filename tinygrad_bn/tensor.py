@@ -732,11 +732,14 @@ def _refuse_stale_views(t, old, name):
     rare path whose cost grows with the number of objects."""
     owner = t.data
     if owner.base is None:
-        # the references: t.data, `owner`, getrefcount's own, and the stand-ins for what t was
-        # before this op and earlier ones (graphs keep them) that share its array
+        # the references: t.data, `owner`, getrefcount's own, old.data if it is the same array
+        count = sys.getrefcount(owner) - 3
+        if count <= (old.data is owner):
+            return
+        # and the stand-ins for what t was before earlier ops, if graphs keep them (acc += x)
         stand_ins = {id(b) for b in dispatch.vertices_before(t) + [old]
                      if not autograd.is_node(b) and b.data is owner}
-        if sys.getrefcount(owner) <= 3 + len(stand_ins):
+        if count <= len(stand_ins):
             return
     else:
         owner = owner.base

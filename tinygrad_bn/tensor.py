@@ -776,6 +776,7 @@ def _taken_from(v, t, before):
         vertex = vertex.args[0]
     return vertex is before or vertex is t
 
+
 _INPLACE = {ops.ADD: _write_with(np.add), ops.SUB: _write_with(np.subtract),
             ops.MUL: _write_with(np.multiply), ops.DIV: _write_with(np.true_divide)}
 

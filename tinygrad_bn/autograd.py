@@ -338,10 +338,7 @@ def _backward(root, grad, retain_graph, create_graph, inputs, wrap):
                 _store(holder, g, create_graph, handed_out, wrap)
         args = v.args
         if args is None:
-            raise RuntimeError(
-                "backward through a graph whose saved values were already freed by an earlier "
-                "backward(); call backward(retain_graph=True) the first time if you need a "
-                "second pass")
+            raise RuntimeError(v.attrs.get(_REFUSED, _FREED))
         op, attrs, out, epoch = v.op, v.attrs, v.out, v.epoch
         # something was written in place (or rebound) since v was recorded, and v saved arrays
         if epoch != writes and op.reads:
@@ -394,6 +391,19 @@ def _backward(root, grad, retain_graph, create_graph, inputs, wrap):
         elif v in inputs:
             found[v] = g
     return found
+
+
+_FREED = ("backward through a graph whose saved values were already freed by an earlier "
+          "backward(); call backward(retain_graph=True) the first time if you need a second pass")
+_REFUSED = "refused"  # the attribute of a node that backward refuses, with the reason
+
+
+def refused(op, tensor, reason):
+    """A node of ``op`` for ``tensor`` that backward refuses with ``reason`` (a RuntimeError)
+    when a gradient reaches it. It saves nothing, like a released node: a view whose base got a
+    new graph by an in-place op, where the view's own graph would give the old one's gradient."""
+    return Node(op, None, None, {_REFUSED: reason}, _GradMode.scope, _next_seq(), tensor.shape,
+                tensor.dtype, dispatch.WRITES)
 
 
 def _grad_holder(node):

@@ -315,6 +315,11 @@ def vertex_at(t, epoch):
     return later[0] if later and None not in later else None
 
 
+def vertices_before(t):
+    """The vertices tensor ``t`` stood for before each recorded in-place op rebound it."""
+    return [before for _, before in _BEFORE.get(t, ())]
+
+
 def rebound_since(t, epoch):
     """Whether tensor ``t`` got a new node or array after write count ``epoch``."""
     entry = _REBOUND.get(id(t))

@@ -6,9 +6,11 @@ derivative of its own: autodiff derives it.
 """
 from __future__ import annotations
 
+import gc
 import math
 import numbers
 import operator
+import sys
 from typing import Union
 
 import numpy as np
@@ -509,6 +511,7 @@ class Tensor:
         before = old if old._ctx is None else old._ctx
         self._ctx, self.requires_grad = new._ctx, new.requires_grad
         dispatch.rebind(self, before)
+        _refuse_stale_views(self, old, name)
         if old._ctx is not None and callable(old._ctx.retains) and old._ctx.retains() is self:
             old._ctx.retains = None  # retain_grad() follows the tensor to its new value (torch)
             autograd.retain_grad(self)
@@ -715,6 +718,64 @@ def _set_items(a, index, value):
 
 # Ops whose result is a view of their input's memory (when numpy can make one).
 _VIEW_OPS = (ops.GETITEM, ops.RESHAPE, ops.TRANSPOSE, ops.EXPAND)
+
+
+def _refuse_stale_views(t, old, name):
+    """After a recorded in-place ``name`` on ``t`` (``old``: its stand-in before): the views of
+    t made before (x[0], x.T, x.reshape(..), x.expand(..)) show the new values, but their graph
+    is the old one, where PyTorch moves them onto the new one. Each gets a node that backward
+    refuses, and keeps its old vertex for the graphs made before it (as t does).
+
+    Making a view costs nothing for this: nothing lists an array's views. Each numpy view holds
+    a reference to the array that owns the memory, so if nothing but t (and old) does, no view
+    lives: the common case, one call. Else the views are found among the live objects (gc), a
+    rare path whose cost grows with the number of objects."""
+    owner = t.data
+    if owner.base is None:
+        # the references: t.data, `owner`, getrefcount's own, old.data if it is the same array
+        count = sys.getrefcount(owner) - 3
+        if count <= (old.data is owner):
+            return
+        # and the stand-ins for what t was before earlier ops, if graphs keep them (acc += x)
+        stand_ins = {id(b) for b in dispatch.vertices_before(t) + [old]
+                     if not autograd.is_node(b) and b.data is owner}
+        if count <= len(stand_ins):
+            return
+    else:
+        owner = owner.base
+    before = old._ctx if old._ctx is not None else old
+    # (type(v), not isinstance: that would ask proxies and lazy modules for __class__)
+    stale = [v for v in gc.get_objects() if issubclass(type(v), Tensor) and v is not t
+             and v.data.base is owner and _taken_from(v, t, before)]
+    for v in stale:
+        op = v._ctx.op if v._ctx is not None else None
+        what = f"a view of shape {v.shape}" + (f" ({op.name})" if op is not None else "")
+        was = v._ctx if v._ctx is not None else Tensor._wrap(v.data)  # a constant before
+        if t.requires_grad:
+            v._ctx = autograd.refused(op or ops.GETITEM, v, (
+                f"{what} of a tensor of shape {t.shape} was taken before the in-place {name} on "
+                f"that tensor and used after it: it shows the new values, but its gradient "
+                f"would follow the old values' graph (PyTorch moves the view onto the new "
+                f"one). Take the view after the in-place operation, or clone() it"))
+        else:  # t has no graph now (fill_ with a number): neither has its view
+            v._ctx = None
+        v.requires_grad = t.requires_grad
+        dispatch.rebind(v, was)
+
+
+def _taken_from(v, t, before):
+    """Whether view ``v`` was taken from ``t`` (or from a view of it) when t stood for vertex
+    ``before``, as far as v's graph tells; a view without one (of a tensor without a gradient,
+    or made under no_grad) counts as t's: refused, never a wrong gradient."""
+    vertex = v._ctx
+    if vertex is None:
+        return True
+    while autograd.is_node(vertex) and vertex.op in _VIEW_OPS:
+        if vertex.args is None:  # released, or refused already: nothing tells
+            return True
+        vertex = vertex.args[0]
+    return vertex is before or vertex is t
+
 
 _INPLACE = {ops.ADD: _write_with(np.add), ops.SUB: _write_with(np.subtract),
             ops.MUL: _write_with(np.multiply), ops.DIV: _write_with(np.true_divide)}

@@ -730,10 +730,10 @@ def _refuse_stale_views(t, old, name):
     a reference to the array that owns the memory, so if nothing but t (and old) does, no view
     lives: the common case, one call. Else the views are found among the live objects (gc), a
     rare path whose cost grows with the number of objects."""
-    owner = t.data
-    if owner.base is None:
-        # the references: t.data, `owner`, getrefcount's own, old.data if it is the same array
-        count = sys.getrefcount(owner) - 3
+    if t.data.base is None:
+        # the references beyond t.data's (old.data's too if it is the same array)
+        count = _references(t) - _REFERENCES_OF_ONE
+        owner = t.data
         if count <= (old.data is owner):
             return
         # and the stand-ins for what t was before earlier ops, if graphs keep them (acc += x)
@@ -742,7 +742,7 @@ def _refuse_stale_views(t, old, name):
         if count <= len(stand_ins):
             return
     else:
-        owner = owner.base
+        owner = t.data.base
     before = old._ctx if old._ctx is not None else old
     # (type(v), not isinstance: that would ask proxies and lazy modules for __class__)
     stale = [v for v in gc.get_objects() if issubclass(type(v), Tensor) and v is not t
@@ -761,6 +761,18 @@ def _refuse_stale_views(t, old, name):
             v._ctx = None
         v.requires_grad = t.requires_grad
         dispatch.rebind(v, was)
+
+
+def _references(t):
+    """sys.getrefcount of ``t.data``, read the same way for every tensor."""
+    owner = t.data
+    return sys.getrefcount(owner)
+
+
+# What _references gives for an array only its tensor holds: the count includes this code's own
+# references (a local, the call's argument), which interpreters count differently (3.14 borrows
+# stack references), so it is measured here rather than assumed.
+_REFERENCES_OF_ONE = _references(Tensor._wrap(np.empty(0)))
 
 
 def _taken_from(v, t, before):

@@ -318,7 +318,9 @@ def _backward(root, grad, retain_graph, create_graph, inputs, wrap):
     # queue by sequence number): a node is made after its inputs, so every consumer of a node
     # has sent its share before the node is taken. Leaves wait in ``grads`` until the end.
     queue = [(-start.seq, start)] if type(start) is Node else []
-    found = {} if inputs is not None else None
+    found = needed = None
+    if inputs is not None:  # grad(): only the part of the graph that leads to an input runs
+        found, needed = {}, _leading_to(root, inputs)
     # Arrays stored in some .grad during this pass: never stored twice (no two gradients share
     # memory); the caller's gradient counts as one, so a leaf gets a copy of it.
     handed_out = {_buffer_id(grad)}
@@ -332,6 +334,8 @@ def _backward(root, grad, retain_graph, create_graph, inputs, wrap):
         if found is not None:
             if v in inputs:
                 found[v] = g
+            if v not in needed:
+                continue
         elif v.retains is not None:
             holder = _grad_holder(v)
             if holder is not None:  # else the tensor is gone: nobody can read its gradient
@@ -394,6 +398,21 @@ def _backward(root, grad, retain_graph, create_graph, inputs, wrap):
         elif v in inputs:
             found[v] = g
     return found
+
+
+def _leading_to(root, inputs):
+    """The nodes of ``root``'s graph from which a path of edges reaches a vertex of ``inputs``.
+
+    As PyTorch, grad() runs only these: a branch that leads to no input is neither computed
+    nor checked for in-place changes of what it saved (else it raised for values it never
+    uses). A released node counts, so that reaching it still says the graph was freed.
+    """
+    needed = set()
+    for v in toposort(root):  # inputs before their consumers
+        if type(v) is Node and (v.args is None or any(
+                p in inputs or p in needed for p in v.parents)):
+            needed.add(v)
+    return needed
 
 
 def _grad_holder(node):

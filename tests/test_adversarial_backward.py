@@ -4,7 +4,7 @@ rule tables, version entries that leave with their array), against PyTorch float
 Each scenario runs the same user code on tinygrad_bn and on torch and compares every gradient:
 graphs where one gradient array reaches several vertices (where an in-place sum would corrupt
 another gradient), retained and returned gradients of intermediates, second order, threads, and
-random graphs with shared nodes. The xfail tests are wrong numbers found and not fixed here.
+random graphs with shared nodes. The xfail test is a wrong number found and not fixed here.
 """
 import threading
 
@@ -171,28 +171,20 @@ def test_grad_runs_only_the_part_that_leads_to_its_inputs():
         _close(ours, theirs)
 
 
-def test_grad_still_refuses_a_freed_graph_on_the_way_to_an_input():
+@pytest.mark.parametrize("write_between", [False, True])
+def test_grad_still_refuses_a_freed_graph_on_the_way_to_an_input(write_between):
+    # With a write since the graph was made, grad() asks each node that saved arrays whether
+    # it leads to an input; a freed node on the way must not read as "leads nowhere".
     x = Tensor(A.copy(), requires_grad=True)
     u = x.exp()
-    loss = u.sum()
-    loss.backward()
+    u.sum().backward()  # frees exp's node
+    loss = (u * 3.0).sum()
+    if write_between:
+        other = Tensor(B.copy())
+        with no_grad():
+            other += 1.0
     with pytest.raises(RuntimeError, match="already freed"):
         tinygrad_bn.grad(loss, [x])
-
-
-@pytest.mark.xfail(strict=True, reason="a recorded in-place op on a tensor does not reach the "
-                   "graphs of views taken of it before (torch rebases them): the view's values "
-                   "change, its gradient does not; the fix (refuse, or rebase) is tensor.py's")
-def test_view_taken_before_an_in_place_op_on_its_base():
-    def run(x, w):
-        a = x * 1.0
-        v = a[1:]  # a numpy view of a's memory (reshape and .T too)
-        a += w
-        (v * v).sum().backward()
-        return x.grad, w.grad
-    (x, tx), (w, tw) = _pair(A), _pair(B)
-    for ours, theirs in zip(run(x, w), run(tx, tw)):
-        _close(ours, theirs)
 
 
 @pytest.mark.xfail(strict=True, reason="x[i] of a 1-D tensor is a copy here (numpy gives a "
@@ -218,7 +210,8 @@ UNARY = {"tanh": lambda v: v.tanh(), "sigmoid": lambda v: v.sigmoid(), "neg": la
          "row": lambda v: v[0] if v.ndim else v, "T": lambda v: v.T if v.ndim == 2 else v}
 BINARY = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b,
           "/": lambda a, b: a / (b * b + 1)}
-VIEWS = ("row", "T")  # an in-place op on these, or on what they view, is the xfail above
+VIEWS = ("row", "T")  # in-place on these or on what they view: xfails here and in
+# test_inplace.py (a view taken before its base is written in place keeps its old graph)
 
 
 def _graph(data):

@@ -318,9 +318,9 @@ def _backward(root, grad, retain_graph, create_graph, inputs, wrap):
     # queue by sequence number): a node is made after its inputs, so every consumer of a node
     # has sent its share before the node is taken. Leaves wait in ``grads`` until the end.
     queue = [(-start.seq, start)] if type(start) is Node else []
-    found = needed = None
-    if inputs is not None:  # grad(): only the part of the graph that leads to an input runs
-        found, needed = {}, _leading_to(root, inputs)
+    found = reach = None
+    if inputs is not None:  # grad(); reach: whether a vertex leads to an input, when asked
+        found, reach = {}, {}
     # Arrays stored in some .grad during this pass: never stored twice (no two gradients share
     # memory); the caller's gradient counts as one, so a leaf gets a copy of it.
     handed_out = {_buffer_id(grad)}
@@ -334,8 +334,6 @@ def _backward(root, grad, retain_graph, create_graph, inputs, wrap):
         if found is not None:
             if v in inputs:
                 found[v] = g
-            if v not in needed:
-                continue
         elif v.retains is not None:
             holder = _grad_holder(v)
             if holder is not None:  # else the tensor is gone: nobody can read its gradient
@@ -349,6 +347,8 @@ def _backward(root, grad, retain_graph, create_graph, inputs, wrap):
         op, attrs, out, epoch = v.op, v.attrs, v.out, v.epoch
         # something was written in place (or rebound) since v was recorded, and v saved arrays
         if epoch != writes and op.reads:
+            if found is not None and not _leads_to(v, inputs, reach):
+                continue  # as PyTorch's grad(), a node that leads to no input is not run
             _check_saved(v)
         stale = epoch < last_rebind  # an input may have been rebound since
         if create_graph:  # the rules get Tensors of this graph, to be differentiated again
@@ -400,19 +400,24 @@ def _backward(root, grad, retain_graph, create_graph, inputs, wrap):
     return found
 
 
-def _leading_to(root, inputs):
-    """The nodes of ``root``'s graph from which a path of edges reaches a vertex of ``inputs``.
-
-    As PyTorch, grad() runs only these: a branch that leads to no input is neither computed
-    nor checked for in-place changes of what it saved (else it raised for values it never
-    uses). A released node counts, so that reaching it still says the graph was freed.
-    """
-    needed = set()
-    for v in toposort(root):  # inputs before their consumers
-        if type(v) is Node and (v.args is None or any(
-                p in inputs or p in needed for p in v.parents)):
-            needed.add(v)
-    return needed
+def _leads_to(node, inputs, memo):
+    """Whether a path of edges goes from ``node`` to a vertex of ``inputs``; ``memo`` keeps the
+    answers by vertex. A released node counts as leading to one, so reaching it still says
+    the graph was freed."""
+    stack = [node]
+    while stack:
+        v = stack[-1]
+        if v in memo:
+            stack.pop()
+            continue
+        parents = [p for p in v.parents if p.requires_grad] if type(v) is Node else []
+        pending = [p for p in parents if p not in memo and p not in inputs]
+        if pending:
+            stack += pending
+            continue
+        memo[v] = is_released(v) or any(p in inputs or memo[p] for p in parents)
+        stack.pop()
+    return memo[node]
 
 
 def _grad_holder(node):

@@ -318,7 +318,9 @@ def _backward(root, grad, retain_graph, create_graph, inputs, wrap):
     # queue by sequence number): a node is made after its inputs, so every consumer of a node
     # has sent its share before the node is taken. Leaves wait in ``grads`` until the end.
     queue = [(-start.seq, start)] if type(start) is Node else []
-    found = {} if inputs is not None else None
+    found = reach = None
+    if inputs is not None:  # grad(); reach: whether a vertex leads to an input, when asked
+        found, reach = {}, {}
     # Arrays stored in some .grad during this pass: never stored twice (no two gradients share
     # memory); the caller's gradient counts as one, so a leaf gets a copy of it.
     handed_out = {_buffer_id(grad)}
@@ -342,6 +344,8 @@ def _backward(root, grad, retain_graph, create_graph, inputs, wrap):
         op, attrs, out, epoch = v.op, v.attrs, v.out, v.epoch
         # something was written in place (or rebound) since v was recorded, and v saved arrays
         if epoch != writes and op.reads:
+            if found is not None and not _leads_to(v, inputs, reach):
+                continue  # as PyTorch's grad(), a node that leads to no input is not run
             _check_saved(v)
         stale = epoch < last_rebind  # an input may have been rebound since
         if create_graph:  # the rules get Tensors of this graph, to be differentiated again
@@ -404,6 +408,26 @@ def refused(op, tensor, reason):
     new graph by an in-place op, where the view's own graph would give the old one's gradient."""
     return Node(op, None, None, {_REFUSED: reason}, _GradMode.scope, _next_seq(), tensor.shape,
                 tensor.dtype, dispatch.WRITES)
+
+
+def _leads_to(node, inputs, memo):
+    """Whether a path of edges goes from ``node`` to a vertex of ``inputs``; ``memo`` keeps the
+    answers by vertex. A released node counts as leading to one, so reaching it still says
+    the graph was freed."""
+    stack = [node]
+    while stack:
+        v = stack[-1]
+        if v in memo:
+            stack.pop()
+            continue
+        parents = [p for p in v.parents if p.requires_grad] if type(v) is Node else []
+        pending = [p for p in parents if p not in memo and p not in inputs]
+        if pending:
+            stack += pending
+            continue
+        memo[v] = is_released(v) or any(p in inputs or memo[p] for p in parents)
+        stack.pop()
+    return memo[node]
 
 
 def _grad_holder(node):

@@ -164,14 +164,20 @@ def store_grad(t, g, take, wrap):
 
 def _store_grad(t, g, take, wrap):
     dtype = t.dtype
-    if t.grad is not None:
-        arr = np.asarray(t.grad.data + g)  # numpy gives a scalar for two 0-d arrays
-    else:
-        arr = g if take else np.array(g, dtype=dtype)
-    if arr.dtype != dtype:
-        arr = arr.astype(dtype)
-    t.grad = wrap(arr)  # always a plain Tensor, also for a Parameter
+    # Read, add and write back as one step: threads running backward through one leaf each
+    # add their share, as in PyTorch (unlocked, one thread's sum overwrote another's).
+    with _GRAD_LOCK:
+        if t.grad is not None:
+            arr = np.asarray(t.grad.data + g)  # numpy gives a scalar for two 0-d arrays
+        else:
+            arr = g if take else np.array(g, dtype=dtype)
+        if arr.dtype != dtype:
+            arr = arr.astype(dtype)
+        t.grad = wrap(arr)  # always a plain Tensor, also for a Parameter
     return arr
+
+
+_GRAD_LOCK = threading.Lock()
 
 
 def run(fn, *args, **kwargs):

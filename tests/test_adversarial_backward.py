@@ -187,10 +187,8 @@ def test_grad_still_refuses_a_freed_graph_on_the_way_to_an_input(write_between):
         tinygrad_bn.grad(loss, [x])
 
 
-@pytest.mark.xfail(strict=True, reason="x[i] of a 1-D tensor is a copy here (numpy gives a "
-                   "scalar), a view in torch: an in-place op on it changes x there; the fix is "
-                   "getitem's forward (x[i, ...] is a 0-d view), in ops.py")
 def test_in_place_op_on_an_element_of_a_vector():
+    # x[i] is a 0-d view of x, as torch's: written in place under no_grad, it writes x
     def run(x):
         a = x * 1.0
         e = a[0]
@@ -285,3 +283,11 @@ def test_random_graphs_with_shared_nodes_match_torch(data, mode):
         return
     for i, (a, b) in enumerate(zip(ours, theirs)):
         _close(a, b, f"{steps} -> {outputs}: gradient {i}")
+
+
+def test_in_place_op_on_an_element_while_recording_is_refused():
+    # torch writes x through the 0-d view and re-bases the graph; we refuse with the fix
+    a = Tensor(A[0], requires_grad=True) * 1.0
+    e = a[0]
+    with pytest.raises(RuntimeError, match="clone"):
+        e += 5.0

@@ -174,7 +174,15 @@ CAST = Op("cast", lambda x, dtype: x.astype(dtype),
           lambda g, out, x, dtype: g,
           reads=(), show=("{x}", "·1"))
 
-GETITEM = Op("getitem", lambda x, index: x[index],
+def element_view(x, index):
+    """x[index]; one element as a 0-d view of x, as PyTorch's x[i] (numpy gives a copy)."""
+    out = x[index]
+    if isinstance(out, np.generic):  # x[(i, None)] is a view of shape (1,)
+        out = x[(*index, None) if type(index) is tuple else (index, None)].reshape(())
+    return out
+
+
+GETITEM = Op("getitem", element_view,
              lambda g, out, x, index: scatter_add(g, index, x.shape),
              reads=(), show=("{x}[{index}]", "scatter into {in_shape}"))
 

@@ -29,3 +29,28 @@ def torch_or_skip():
     torch = pytest.importorskip("torch")
     torch.set_num_threads(1)
     return torch
+
+
+def state_of(model, opt):
+    """Every array a training step changes: parameters, gradients, the state dict (running
+    statistics), optimizer state; copies, to compare an eager run with a jit replay."""
+    out = {}
+    for name, p in model.named_parameters():
+        out[name] = p.data.copy()
+        out[name + ".grad"] = None if p.grad is None else p.grad.data.copy()
+    for name, b in model.state_dict().items():
+        out["state." + name] = np.array(getattr(b, "data", b), copy=True)
+    for i, s in enumerate(opt.state):
+        for k, v in s.items():
+            out[f"opt{i}.{k}"] = np.array(v, copy=True)
+    return out
+
+
+def assert_same_state(a, b, where=""):
+    """Two ``state_of`` snapshots equal bit for bit, dtypes included."""
+    assert a.keys() == b.keys(), where
+    for k in a:
+        if a[k] is None or b[k] is None:
+            assert a[k] is None and b[k] is None, (where, k)
+        else:
+            assert a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]), (where, k)

@@ -4,6 +4,7 @@ import tracemalloc
 
 import numpy as np
 import pytest
+from conftest import assert_same_state, state_of
 
 import tinygrad_bn.nn.functional as F
 from tinygrad_bn import JitError, Tensor, jit, nn, no_grad, optim
@@ -41,29 +42,6 @@ def batches(n, batch=16, features=12, classes=4, dtype=np.float64, seed=1):
     rng = np.random.default_rng(seed)
     return [(rng.standard_normal((batch, features)).astype(dtype),
              rng.integers(0, classes, batch)) for _ in range(n)]
-
-
-def state_of(model, opt):
-    """Every array the step changes: parameters, gradients, running statistics, optimizer state."""
-    out = {}
-    for name, p in model.named_parameters():
-        out[name] = p.data.copy()
-        out[name + ".grad"] = None if p.grad is None else p.grad.data.copy()
-    for name, b in model.state_dict().items():
-        out["state." + name] = np.array(b.data if isinstance(b, Tensor) else b, copy=True)
-    for i, s in enumerate(opt.state):
-        for k, v in s.items():
-            out[f"opt{i}.{k}"] = np.array(v, copy=True)
-    return out
-
-
-def assert_same_state(a, b):
-    assert a.keys() == b.keys()
-    for k in a:
-        if a[k] is None or b[k] is None:
-            assert a[k] is None and b[k] is None, k
-        else:
-            assert a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]), k
 
 
 @pytest.mark.parametrize("activation", ["sigmoid", "relu"])

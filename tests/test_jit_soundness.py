@@ -7,6 +7,7 @@ import types
 
 import numpy as np
 import pytest
+from conftest import assert_same_state, state_of
 
 import tinygrad_bn.nn.functional as F
 from tinygrad_bn import JitError, Tensor, jit, nn, no_grad, optim
@@ -28,24 +29,6 @@ def data(n, seed=1, batch=8, dtype=np.float64):
              rng.uniform(0.5, 1.5, batch).astype(dtype)) for _ in range(n)]
 
 
-def state(model, opt):
-    out = {k: v.copy() for k, v in model.state_dict().items()}
-    for name, p in model.named_parameters():
-        out[name + ".grad"] = None if p.grad is None else p.grad.data.copy()
-    for i, s in enumerate(opt.state):
-        out.update({f"opt{i}.{k}": np.array(v, copy=True) for k, v in s.items()})
-    return out
-
-
-def assert_same(a, b, where):
-    assert a.keys() == b.keys(), where
-    for k in a:
-        if a[k] is None or b[k] is None:
-            assert a[k] is None and b[k] is None, (where, k)
-        else:
-            assert a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]), (where, k)
-
-
 def twins(make_step, **kw):
     """(eager step, model, opt) and (jit step, model, opt) built alike."""
     (em, eo), (jm, jo) = model_and_opt(**kw), model_and_opt(**kw)
@@ -62,7 +45,7 @@ def run_twins(make_step, calls, before=None, **kw):
             before(i, jm, jo)
         want, got = eager(*args()), step(*args())
         assert np.array_equal(got.data, want.data), f"output at call {i}"
-        assert_same(state(jm, jo), state(em, eo), f"call {i}")
+        assert_same_state(state_of(jm, jo), state_of(em, eo), f"call {i}")
     return step
 
 
@@ -496,7 +479,7 @@ def test_fuzz_jit_equals_eager_or_refuses(seed):
             refused = e
             break
         assert np.array_equal(got.data, want.data), (seed, twist, i)
-        assert_same(state(jm, jo), state(em, eo), (seed, twist, i))
+        assert_same_state(state_of(jm, jo), state_of(em, eo), (seed, twist, i))
     if TWISTS[twist] == "refused":
         assert refused is not None, (seed, twist)
     else:
